@@ -1,0 +1,63 @@
+//! Argument parsing and dispatch for `kvcat`. Each subcommand's arguments and logic live in
+//! their own module; this file only wires them together.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// kvcat: research on KV-cache compressibility (KV-CAT training, compressors, benchmarks).
+#[derive(Parser, Debug)]
+#[command(name = "kvcat", version, about)]
+pub struct Cli {
+    /// More logging (-v info, -vv debug); also honours RUST_LOG.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Write the logits of a token sequence to safetensors.
+    Forward(crate::commands::inspect::ForwardArgs),
+    /// Greedy generation from a prompt, with the KV cache.
+    Generate(crate::commands::inspect::GenerateArgs),
+}
+
+/// Parses the process arguments, runs the command, prints errors without a backtrace.
+/// Plugin crates call this from their own `main` after `use my_plugin as _;`.
+pub fn main_entry() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose);
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one parsed command.
+pub fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Forward(a) => crate::commands::inspect::forward(a),
+        Command::Generate(a) => crate::commands::inspect::generate(a),
+    }
+}
+
+fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,59 @@
+//! Options shared by several subcommands: model path, device, dtype.
+
+use anyhow::Context;
+use clap::Args;
+use kvcat_core::device::{parse_dtype, DeviceChoice};
+use kvcat_core::Model;
+use std::path::PathBuf;
+
+/// Where the model comes from and where it runs.
+#[derive(Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// An HF checkpoint directory (config.json + safetensors) or a .gguf file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// auto, cpu, cuda or cuda:N.
+    #[arg(long, default_value = "auto")]
+    pub device: String,
+    /// auto (f32 on CPU, bf16 on CUDA), f32, bf16 or f16.
+    #[arg(long, default_value = "auto")]
+    pub dtype: String,
+}
+
+impl ModelArgs {
+    /// Loads the model on the chosen device and dtype.
+    pub fn load(&self) -> anyhow::Result<Model> {
+        let device = self.device.parse::<DeviceChoice>()?.resolve()?;
+        let kind = parse_dtype(&self.dtype)?.unwrap_or(kvcat_core::device::default_dtype(device));
+        Model::load(&self.model, device, kind)
+            .with_context(|| format!("loading model {}", self.model.display()))
+    }
+}
+
+/// An ids file: `{"context": [ids…], "continuation": [ids…]}` (`continuation` optional).
+#[derive(serde::Deserialize, Debug)]
+#[serde(deny_unknown_fields)]
+pub struct IdsFile {
+    pub context: Vec<i64>,
+    #[serde(default)]
+    pub continuation: Vec<i64>,
+}
+
+impl IdsFile {
+    pub fn read(path: &std::path::Path) -> anyhow::Result<IdsFile> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let ids: IdsFile = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected {{\"context\": [ids…], \"continuation\": [ids…]}}",
+                path.display()
+            )
+        })?;
+        anyhow::ensure!(
+            !ids.context.is_empty(),
+            "{}: field `context` is empty",
+            path.display()
+        );
+        Ok(ids)
+    }
+}

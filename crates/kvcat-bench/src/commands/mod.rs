@@ -1,0 +1,4 @@
+//! Subcommand implementations.
+
+pub mod common;
+pub mod inspect;

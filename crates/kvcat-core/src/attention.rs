@@ -1,0 +1,258 @@
+//! Grouped-query self-attention with rotary embeddings, over a caller-owned cache.
+//!
+//! The additive mask combines: causality for the new tokens, the cache's keep mask
+//! (`-inf` for hidden slots), the cache's per-slot bias β, and an optional per-layer bias
+//! from the caller. It runs through libtorch's `scaled_dot_product_attention` so CUDA kernels
+//! are used; when attention probabilities are requested, an explicit softmax path computes
+//! the same function and returns them.
+
+use crate::cache::LayerCache;
+use crate::config::LlamaConfig;
+use crate::model::Linear;
+use crate::{Error, Result};
+use tch::nn;
+use tch::{Kind, Tensor};
+
+/// Rotary tables for `positions` `[t]`: `(cos, sin)`, each `[t, head_dim]` in `kind`
+/// (HF convention: frequencies duplicated across the two halves, `rotate_half`).
+pub fn rope_tables(positions: &Tensor, head_dim: i64, theta: f64, kind: Kind) -> (Tensor, Tensor) {
+    let device = positions.device();
+    let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
+        .to_kind(Kind::Float)
+        / head_dim as f64;
+    let inv_freq = Tensor::from(theta)
+        .to_kind(Kind::Float)
+        .to_device(device)
+        .pow(&exponent)
+        .reciprocal();
+    let freqs = positions
+        .to_kind(Kind::Float)
+        .unsqueeze(1)
+        .matmul(&inv_freq.unsqueeze(0));
+    let emb = Tensor::cat(&[&freqs, &freqs], -1);
+    (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
+}
+
+/// Rotates `x` `[b, heads, t, d]` by the tables `[t, d]`.
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
+    let d = x.size()[3];
+    let x1 = x.narrow(-1, 0, d / 2);
+    let x2 = x.narrow(-1, d / 2, d / 2);
+    let rotated = Tensor::cat(&[&(-x2), &x1], -1);
+    x * cos + rotated * sin
+}
+
+/// What one attention call captured.
+#[derive(Debug, Default)]
+pub struct Caught {
+    /// Post-RoPE queries `[b, heads, t, d]`.
+    pub queries: Option<Tensor>,
+    /// Attention probabilities `[b, heads, t, slots + t]`.
+    pub attention: Option<Tensor>,
+}
+
+/// Which intermediate values to capture.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AttentionCapture {
+    pub queries: bool,
+    pub attention: bool,
+}
+
+/// Self-attention of one layer. Projection names follow HF (`q_proj`, `k_proj`, `v_proj`, `o_proj`).
+#[derive(Debug)]
+pub struct Attention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: i64,
+    pub num_kv_heads: i64,
+    pub head_dim: i64,
+}
+
+impl Attention {
+    pub fn new(p: &nn::Path, cfg: &LlamaConfig) -> Self {
+        let (h, d) = (cfg.hidden_size, cfg.head_dim);
+        Attention {
+            q_proj: Linear::new(&(p / "q_proj"), h, cfg.num_attention_heads * d),
+            k_proj: Linear::new(&(p / "k_proj"), h, cfg.num_key_value_heads * d),
+            v_proj: Linear::new(&(p / "v_proj"), h, cfg.num_key_value_heads * d),
+            o_proj: Linear::new(&(p / "o_proj"), cfg.num_attention_heads * d, h),
+            num_heads: cfg.num_attention_heads,
+            num_kv_heads: cfg.num_key_value_heads,
+            head_dim: d,
+        }
+    }
+
+    /// Query heads per KV head.
+    pub fn groups(&self) -> i64 {
+        self.num_heads / self.num_kv_heads
+    }
+
+    /// Post-RoPE projections of normed hidden states `x` `[b, t, hidden]`:
+    /// `q` `[b, heads, t, d]`, `k`, `v` `[b, kv_heads, t, d]`.
+    pub fn project(&self, x: &Tensor, rope: (&Tensor, &Tensor)) -> (Tensor, Tensor, Tensor) {
+        let s = x.size();
+        let (b, t) = (s[0], s[1]);
+        let split = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]).transpose(1, 2);
+        let q = split(self.q_proj.forward(x), self.num_heads);
+        let k = split(self.k_proj.forward(x), self.num_kv_heads);
+        let v = split(self.v_proj.forward(x), self.num_kv_heads);
+        (
+            apply_rope(&q, rope.0, rope.1),
+            apply_rope(&k, rope.0, rope.1),
+            v,
+        )
+    }
+
+    /// Expands a per-KV-head tensor `[b, kv_heads, ..]` to query heads `[b, heads, ..]`.
+    pub fn expand_kv(&self, x: &Tensor) -> Tensor {
+        let g = self.groups();
+        if g == 1 {
+            x.shallow_clone()
+        } else {
+            x.repeat_interleave_self_int(g, 1, None::<i64>)
+        }
+    }
+
+    /// Attention of the new tokens `x` `[b, t, hidden]` (already normed) at `positions` `[t]`.
+    ///
+    /// Appends to `cache` when given; otherwise returns a fresh [`LayerCache`] for the caller to
+    /// store. `layer_bias` is `[b, kv_heads | heads | 1, t, slots + t]`.
+    /// Returns the output `[b, t, hidden]`, the fresh cache if any, and the captures.
+    pub fn forward(
+        &self,
+        x: &Tensor,
+        cache: Option<&mut LayerCache>,
+        positions: &Tensor,
+        rope: (&Tensor, &Tensor),
+        layer_bias: Option<&Tensor>,
+        capture: AttentionCapture,
+    ) -> Result<(Tensor, Option<LayerCache>, Caught)> {
+        let s = x.size();
+        let (b, t) = (s[0], s[1]);
+        let (q, k, v) = self.project(x, rope);
+        let pos = positions
+            .view([1, 1, t])
+            .expand([b, self.num_kv_heads, t], false);
+        let mut owned = None;
+        let layer: &LayerCache = match cache {
+            Some(c) => {
+                c.append(&k, &v, &pos);
+                c
+            }
+            None => owned.insert(LayerCache {
+                k,
+                v,
+                positions: pos.copy(),
+                keep: None,
+                bias: None,
+            }),
+        };
+        let total = layer.slots();
+        let past = total - t;
+        let mask = self.additive_mask(layer, b, t, past, layer_bias, q.kind())?;
+        let scale = 1.0 / (self.head_dim as f64).sqrt();
+        let mut caught = Caught {
+            queries: capture.queries.then(|| q.shallow_clone()),
+            attention: None,
+        };
+        let y = if capture.attention {
+            let kk = self.expand_kv(&layer.k);
+            let vv = self.expand_kv(&layer.v);
+            let mut scores = q.matmul(&kk.transpose(-2, -1)) * scale;
+            if let Some(m) = &mask {
+                scores += m;
+            } else if t > 1 {
+                scores += causal_mask(t, past, q.kind(), q.device());
+            }
+            let probs = scores.to_kind(Kind::Float).softmax(-1, Kind::Float);
+            let y = probs.to_kind(q.kind()).matmul(&vv);
+            caught.attention = Some(probs);
+            y
+        } else {
+            let is_causal = mask.is_none() && past == 0 && t > 1;
+            if mask.is_none() && past > 0 && t > 1 {
+                let m = causal_mask(t, past, q.kind(), q.device());
+                Tensor::scaled_dot_product_attention(
+                    &q,
+                    &layer.k,
+                    &layer.v,
+                    Some(m),
+                    0.0,
+                    false,
+                    scale,
+                    true,
+                )
+            } else {
+                Tensor::scaled_dot_product_attention(
+                    &q, &layer.k, &layer.v, mask, 0.0, is_causal, scale, true,
+                )
+            }
+        };
+        let out = self.o_proj.forward(&y.transpose(1, 2).contiguous().view([
+            b,
+            t,
+            self.num_heads * self.head_dim,
+        ]));
+        Ok((out, owned.take(), caught))
+    }
+
+    /// The additive mask `[b, heads, t, total]`, or `None` when plain causal attention suffices.
+    fn additive_mask(
+        &self,
+        layer: &LayerCache,
+        b: i64,
+        t: i64,
+        past: i64,
+        layer_bias: Option<&Tensor>,
+        kind: Kind,
+    ) -> Result<Option<Tensor>> {
+        if layer.keep.is_none() && layer.bias.is_none() && layer_bias.is_none() {
+            return Ok(None);
+        }
+        let device = layer.k.device();
+        let total = past + t;
+        let mut mask = causal_mask(t, past, kind, device); // [1, 1, t, total]
+        if let Some(keep) = &layer.keep {
+            let hidden = Tensor::zeros([1], (kind, device)).where_self(
+                &keep.unsqueeze(2),
+                &Tensor::full([1], f64::NEG_INFINITY, (kind, device)),
+            );
+            mask = mask + self.expand_kv(&hidden);
+        }
+        if let Some(bias) = &layer.bias {
+            mask = mask + self.expand_kv(&bias.to_kind(kind).unsqueeze(2));
+        }
+        if let Some(extra) = layer_bias {
+            let es = extra.size();
+            if es.len() != 4 || es[2] != t || es[3] != total {
+                return Err(Error::invalid(format!(
+                    "layer_bias has shape {es:?}, expected [b, heads, {t}, {total}]"
+                )));
+            }
+            let extra = if es[1] == self.num_kv_heads && self.num_kv_heads != self.num_heads {
+                self.expand_kv(extra)
+            } else {
+                extra.shallow_clone()
+            };
+            mask = mask + extra.to_kind(kind);
+        }
+        Ok(Some(mask.expand([b, self.num_heads, t, total], false)))
+    }
+}
+
+/// `[1, 1, t, past + t]`: 0 where query `i` may see key `j` (all cached slots, and new keys
+/// `j ≤ i`), `-inf` elsewhere.
+pub fn causal_mask(t: i64, past: i64, kind: Kind, device: tch::Device) -> Tensor {
+    let total = past + t;
+    let q = Tensor::arange(t, (Kind::Int64, device)).unsqueeze(1) + past;
+    let k = Tensor::arange(total, (Kind::Int64, device)).unsqueeze(0);
+    let allowed = k.le_tensor(&q);
+    Tensor::zeros([1], (kind, device))
+        .where_self(
+            &allowed,
+            &Tensor::full([1], f64::NEG_INFINITY, (kind, device)),
+        )
+        .view([1, 1, t, total])
+}

@@ -1,0 +1,84 @@
+//! Post-hoc KV-cache compressors and eviction scorers.
+//!
+//! A [`Compressor`] maps a prefilled cache to a smaller one at a [`Budget`]. Eviction methods
+//! only write a [`Scorer`] (`[b, kv_heads, slots]` scores, higher = keep); one generic top-k
+//! adapter in `kvcat-compressors` turns any scorer into a compressor (after kvpress's
+//! `ScorerPress`). Scorers take batched keys and queries and need no gradient, so they can also
+//! serve as train-time policies.
+
+use crate::budget::Budget;
+use crate::cache::KvCache;
+use crate::model::Llama;
+use crate::registry::Descriptor;
+use crate::Result;
+use tch::Tensor;
+
+/// Everything a compressor sees.
+pub struct CompressionInput<'a> {
+    pub model: &'a Llama,
+    /// The prefilled, uncompressed cache of the context (`seq_len` = context length).
+    pub cache: &'a KvCache,
+    /// Context ids `[b, t]`.
+    pub context: &'a Tensor,
+    /// Each layer's input hidden states from the prefill, `[b, t, hidden]` (index `L` is the
+    /// final output), for scorers that recompute queries or attention.
+    pub hidden: &'a [Tensor],
+    /// Question ids `[b, q]` when compression is query-aware, else `None`.
+    pub question: Option<&'a Tensor>,
+    pub budget: Budget,
+    /// Seed for stochastic methods.
+    pub seed: u64,
+}
+
+/// A compressor's result: the new cache plus named extra metrics (fit error, fit seconds…).
+#[derive(Debug)]
+pub struct Compressed {
+    pub cache: KvCache,
+    pub extra: Vec<(String, f64)>,
+}
+
+/// A post-hoc KV-cache compressor.
+pub trait Compressor: Send + Sync {
+    /// The registry name.
+    fn name(&self) -> &'static str;
+    /// Resolved parameters (defaults filled in).
+    fn params(&self) -> toml::Table;
+    /// Compresses `input.cache` to `input.budget`. A budget that keeps every slot must return
+    /// the cache unchanged.
+    fn compress(&self, input: &CompressionInput) -> Result<Compressed>;
+}
+
+/// Per-slot importance for eviction. Returns `[b, kv_heads, slots]` for `layer`; higher is kept.
+pub trait Scorer: Send + Sync {
+    fn name(&self) -> &'static str;
+    fn params(&self) -> toml::Table;
+    fn score(&self, input: &CompressionInput, layer: usize) -> Result<Tensor>;
+}
+
+/// A registered compressor.
+pub struct CompressorDescriptor {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub defaults: fn() -> toml::Table,
+    pub build: fn(&toml::Table) -> Result<Box<dyn Compressor>>,
+}
+
+impl Descriptor for CompressorDescriptor {
+    const KIND: &'static str = "compressor";
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn description(&self) -> &'static str {
+        self.description
+    }
+    fn defaults(&self) -> toml::Table {
+        (self.defaults)()
+    }
+}
+
+inventory::collect!(CompressorDescriptor);
+
+/// Builds a registered compressor by name from its parameter table.
+pub fn build_compressor(name: &str, params: &toml::Table) -> Result<Box<dyn Compressor>> {
+    (crate::registry::get::<CompressorDescriptor>(name)?.build)(params)
+}

@@ -1,0 +1,223 @@
+//! Model configuration: a normalised [`LlamaConfig`] with no `Option`s in the hot fields,
+//! built from an HF `config.json`, GGUF metadata, or a TOML table for tiny from-scratch models.
+
+use crate::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Llama-family architecture hyper-parameters (RMSNorm, RoPE, GQA, SwiGLU).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LlamaConfig {
+    pub vocab_size: i64,
+    pub hidden_size: i64,
+    pub intermediate_size: i64,
+    pub num_hidden_layers: i64,
+    pub num_attention_heads: i64,
+    pub num_key_value_heads: i64,
+    pub head_dim: i64,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default = "default_max_pos")]
+    pub max_position_embeddings: i64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<i64>,
+    #[serde(default)]
+    pub eos_token_ids: Vec<i64>,
+}
+
+fn default_eps() -> f64 {
+    1e-5
+}
+fn default_theta() -> f64 {
+    10_000.0
+}
+fn default_max_pos() -> i64 {
+    8192
+}
+
+/// The subset of an HF `config.json` kvcat reads; other fields are ignored.
+#[derive(Debug, Deserialize)]
+struct HfConfigRaw {
+    model_type: Option<String>,
+    vocab_size: Option<i64>,
+    hidden_size: Option<i64>,
+    intermediate_size: Option<i64>,
+    num_hidden_layers: Option<i64>,
+    num_attention_heads: Option<i64>,
+    num_key_value_heads: Option<i64>,
+    head_dim: Option<i64>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_parameters: Option<serde_json::Value>,
+    rope_scaling: Option<serde_json::Value>,
+    max_position_embeddings: Option<i64>,
+    tie_word_embeddings: Option<bool>,
+    attention_bias: Option<bool>,
+    mlp_bias: Option<bool>,
+    hidden_act: Option<String>,
+    bos_token_id: Option<serde_json::Value>,
+    eos_token_id: Option<serde_json::Value>,
+}
+
+fn ids(v: &Option<serde_json::Value>) -> Vec<i64> {
+    match v {
+        Some(serde_json::Value::Number(n)) => n.as_i64().into_iter().collect(),
+        Some(serde_json::Value::Array(a)) => a.iter().filter_map(|x| x.as_i64()).collect(),
+        _ => vec![],
+    }
+}
+
+impl LlamaConfig {
+    /// Reads and validates an HF `config.json`.
+    pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let file = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let raw: HfConfigRaw = serde_json::from_str(&text).map_err(|e| Error::Format {
+            file: file.clone(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        let cfg_err = |field: &str, reason: &str| Error::Config {
+            file: file.clone(),
+            field: field.to_string(),
+            reason: reason.to_string(),
+        };
+        let model_type = raw.model_type.clone().unwrap_or_default();
+        if !matches!(model_type.as_str(), "llama" | "mistral") {
+            return Err(Error::Unsupported {
+                file,
+                what: "model_type".into(),
+                value: format!("`{model_type}`"),
+                supported: "llama, mistral".into(),
+            });
+        }
+        if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
+            return Err(cfg_err(
+                "attention_bias",
+                "biased projections are not supported",
+            ));
+        }
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                return Err(cfg_err(
+                    "hidden_act",
+                    &format!("`{act}` is not supported (allowed: silu)"),
+                ));
+            }
+        }
+        let scaling = raw.rope_scaling.as_ref().or(raw.rope_parameters.as_ref());
+        let mut rope_theta = raw.rope_theta;
+        if let Some(s) = scaling {
+            if let Some(t) = s.get("rope_theta").and_then(|t| t.as_f64()) {
+                rope_theta = Some(t);
+            }
+            if let Some(kind) = s
+                .get("rope_type")
+                .or(s.get("type"))
+                .and_then(|k| k.as_str())
+            {
+                if kind != "default" {
+                    return Err(cfg_err(
+                        "rope_scaling",
+                        &format!("rope type `{kind}` is not supported (allowed: default)"),
+                    ));
+                }
+            }
+        }
+        let need = |v: Option<i64>, f: &str| v.ok_or_else(|| cfg_err(f, "missing"));
+        let hidden = need(raw.hidden_size, "hidden_size")?;
+        let heads = need(raw.num_attention_heads, "num_attention_heads")?;
+        let cfg = LlamaConfig {
+            vocab_size: need(raw.vocab_size, "vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
+            head_dim: raw
+                .head_dim
+                .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
+            bos_token_id: ids(&raw.bos_token_id).first().copied(),
+            eos_token_ids: ids(&raw.eos_token_id),
+        };
+        cfg.validate(&file)?;
+        Ok(cfg)
+    }
+
+    /// Checks that sizes are positive and heads divide evenly.
+    pub fn validate(&self, file: &str) -> Result<()> {
+        let bad = |field: &str, reason: String| {
+            Err(Error::Config {
+                file: file.to_string(),
+                field: field.to_string(),
+                reason,
+            })
+        };
+        for (f, v) in [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ] {
+            if v <= 0 {
+                return bad(f, format!("must be positive, got {v}"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return bad(
+                "num_key_value_heads",
+                format!(
+                    "{} does not divide num_attention_heads = {}",
+                    self.num_key_value_heads, self.num_attention_heads
+                ),
+            );
+        }
+        if self.head_dim % 2 != 0 {
+            return bad(
+                "head_dim",
+                format!("RoPE needs an even head_dim, got {}", self.head_dim),
+            );
+        }
+        Ok(())
+    }
+
+    /// Writes the config as an HF-style `config.json`, so checkpoints load like any HF directory.
+    pub fn to_hf_json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.rms_norm_eps,
+            "rope_theta": self.rope_theta,
+            "max_position_embeddings": self.max_position_embeddings,
+            "tie_word_embeddings": self.tie_word_embeddings,
+            "hidden_act": "silu",
+            "attention_bias": false,
+            "mlp_bias": false,
+            "bos_token_id": self.bos_token_id,
+            "eos_token_id": self.eos_token_ids,
+        })
+    }
+
+    /// Query heads per KV head.
+    pub fn groups(&self) -> i64 {
+        self.num_attention_heads / self.num_key_value_heads
+    }
+}

@@ -1,0 +1,91 @@
+//! The library error type: one enum with structured variants, so callers can tell
+//! *which* file, tensor, field or name was wrong and what was expected.
+
+use std::path::PathBuf;
+
+/// Every fallible operation in kvcat's library crates returns this error.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A configuration field is missing or has a bad value.
+    #[error("{file}: field `{field}`: {reason}")]
+    Config {
+        file: String,
+        field: String,
+        reason: String,
+    },
+    /// A file is not in the expected format (corrupt header, bad magic, truncated data).
+    #[error("{file}: {reason}")]
+    Format { file: String, reason: String },
+    /// A tensor in a checkpoint has the wrong shape.
+    #[error("{file}: tensor `{tensor}` has shape {got:?}, expected {expected:?}")]
+    Shape {
+        file: String,
+        tensor: String,
+        expected: Vec<i64>,
+        got: Vec<i64>,
+    },
+    /// Tensors the model declares were not found in the checkpoint.
+    #[error("{file}: missing tensors: {}", .names.join(", "))]
+    MissingTensors { file: String, names: Vec<String> },
+    /// A checkpoint holds a feature kvcat does not support (tensor type, architecture).
+    #[error("{file}: unsupported {what}: {value} (supported: {supported})")]
+    Unsupported {
+        file: String,
+        what: String,
+        value: String,
+        supported: String,
+    },
+    /// A registry lookup failed.
+    #[error("unknown {kind} `{name}`; known {kind}s: {}", .known.join(", "))]
+    UnknownName {
+        kind: &'static str,
+        name: String,
+        known: Vec<String>,
+    },
+    /// Two plugins registered the same name.
+    #[error("duplicate {kind} name `{name}` registered twice")]
+    DuplicateName { kind: &'static str, name: String },
+    /// A plugin's parameter table did not parse.
+    #[error("{kind} `{name}`: bad parameters: {reason}")]
+    Params {
+        kind: &'static str,
+        name: String,
+        reason: String,
+    },
+    /// A budget is outside its allowed range.
+    #[error("invalid budget `{value}`: {reason}")]
+    Budget { value: String, reason: String },
+    /// An input token id is outside the vocabulary.
+    #[error("token id {id} at index {index} is outside the vocabulary (size {vocab})")]
+    TokenOutOfRange { id: i64, index: i64, vocab: i64 },
+    /// Any other invalid argument, with a message that says what and why.
+    #[error("{0}")]
+    Invalid(String),
+    /// A failure inside libtorch.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+}
+
+/// Shorthand for `std::result::Result<T, kvcat_core::Error>`.
+pub type Result<T> = std::result::Result<T, Error>;
+
+impl Error {
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+    /// An [`Error::Invalid`] from anything printable.
+    pub fn invalid(msg: impl Into<String>) -> Self {
+        Error::Invalid(msg.into())
+    }
+}

@@ -1,0 +1,146 @@
+//! HF checkpoints: a directory with `config.json` and `model.safetensors`, or shards listed in
+//! `model.safetensors.index.json`. Variables are declared first, then loaded; missing and
+//! unused tensor names are reported.
+
+use super::Model;
+use crate::config::LlamaConfig;
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use std::collections::{BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Tensor};
+
+/// The safetensors files of a checkpoint directory.
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Err(Error::io(
+            &single,
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "no model.safetensors or model.safetensors.index.json in the checkpoint directory",
+            ),
+        ));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| Error::io(&index, e))?;
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+        file: index.display().to_string(),
+        reason: format!("not valid JSON: {e}"),
+    })?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| Error::Config {
+            file: index.display().to_string(),
+            field: "weight_map".into(),
+            reason: "missing or not an object".into(),
+        })?;
+    let files: BTreeSet<String> = map
+        .values()
+        .filter_map(|v| v.as_str().map(String::from))
+        .collect();
+    Ok(files.into_iter().map(|f| dir.join(f)).collect())
+}
+
+/// Reads every tensor of `files` (on CPU), keyed by name.
+fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, (Tensor, String)>> {
+    let mut out = HashMap::new();
+    for f in files {
+        let tensors = Tensor::read_safetensors(f).map_err(|e| Error::Format {
+            file: f.display().to_string(),
+            reason: format!("cannot read safetensors: {e}"),
+        })?;
+        for (name, t) in tensors {
+            out.insert(name, (t, f.display().to_string()));
+        }
+    }
+    Ok(out)
+}
+
+/// Copies named tensors into the declared variables of `vs`, checking shapes.
+/// Returns the names present in the checkpoint but unused by the model.
+pub fn fill_vars(
+    vs: &nn::VarStore,
+    mut tensors: HashMap<String, (Tensor, String)>,
+    file_for_missing: &str,
+    optional_unused: &[&str],
+) -> Result<Vec<String>> {
+    let vars = vs.variables();
+    let mut missing = Vec::new();
+    let mut names: Vec<_> = vars.keys().cloned().collect();
+    names.sort();
+    for name in names {
+        let var = &vars[&name];
+        match tensors.remove(&name) {
+            None => missing.push(name),
+            Some((t, file)) => {
+                if t.size() != var.size() {
+                    return Err(Error::Shape {
+                        file,
+                        tensor: name,
+                        expected: var.size(),
+                        got: t.size(),
+                    });
+                }
+                tch::no_grad(|| {
+                    let mut v = var.shallow_clone();
+                    v.f_copy_(&t)
+                })?;
+            }
+        }
+    }
+    if !missing.is_empty() {
+        return Err(Error::MissingTensors {
+            file: file_for_missing.to_string(),
+            names: missing,
+        });
+    }
+    let mut unused: Vec<String> = tensors
+        .into_keys()
+        .filter(|n| !optional_unused.contains(&n.as_str()) && !n.ends_with("rotary_emb.inv_freq"))
+        .collect();
+    unused.sort();
+    Ok(unused)
+}
+
+/// Loads an HF Llama checkpoint directory in f32 on `device`.
+pub fn load_model(dir: &Path, device: Device) -> Result<Model> {
+    let cfg_path = dir.join("config.json");
+    if !cfg_path.exists() {
+        return Err(Error::io(
+            &cfg_path,
+            std::io::Error::new(std::io::ErrorKind::NotFound, "missing config.json"),
+        ));
+    }
+    let cfg = LlamaConfig::from_hf_json(&cfg_path)?;
+    let files = shard_files(dir)?;
+    let tensors = read_tensors(&files)?;
+    let vs = nn::VarStore::new(device);
+    let net = Llama::new(&vs.root(), &cfg);
+    let optional: &[&str] = if cfg.tie_word_embeddings {
+        &["lm_head.weight"]
+    } else {
+        &[]
+    };
+    let unused = fill_vars(&vs, tensors, &dir.display().to_string(), optional)?;
+    if !unused.is_empty() {
+        tracing::warn!(dir = %dir.display(), "unused tensors in checkpoint: {}", unused.join(", "));
+    }
+    let tok_path = dir.join("tokenizer.json");
+    let tokenizer = if tok_path.exists() {
+        Some(Tokenizer::from_file(&tok_path)?)
+    } else {
+        None
+    };
+    Ok(Model {
+        vs,
+        net,
+        tokenizer,
+        source: dir.display().to_string(),
+    })
+}

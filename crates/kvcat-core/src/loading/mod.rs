@@ -1,0 +1,108 @@
+//! Loading models: HF directories (`config.json` + safetensors, sharded too) and GGUF files.
+
+pub mod gguf;
+pub mod hf;
+
+use crate::config::LlamaConfig;
+use crate::model::Llama;
+use crate::tokenizer::Tokenizer;
+use crate::{Error, Result};
+use std::ops::Deref;
+use std::path::{Path, PathBuf};
+use tch::{nn, Device, Kind};
+
+/// A loaded model: its variables, the network built over them, and its tokenizer if one
+/// came with it. Dereferences to [`Llama`].
+pub struct Model {
+    pub vs: nn::VarStore,
+    pub net: Llama,
+    pub tokenizer: Option<Tokenizer>,
+    /// Where it came from (a path, or `scratch`).
+    pub source: String,
+}
+
+impl Deref for Model {
+    type Target = Llama;
+    fn deref(&self) -> &Llama {
+        &self.net
+    }
+}
+
+impl Model {
+    /// A freshly initialised model (N(0, 0.02) weights) for training from scratch.
+    pub fn from_config(cfg: &LlamaConfig, device: Device, kind: Kind) -> Result<Model> {
+        cfg.validate("model config")?;
+        let mut vs = nn::VarStore::new(device);
+        let net = Llama::new(&vs.root(), cfg);
+        vs.set_kind(kind);
+        Ok(Model {
+            vs,
+            net,
+            tokenizer: None,
+            source: "scratch".into(),
+        })
+    }
+
+    /// Loads an HF directory or a `.gguf` file, onto `device` in dtype `kind`.
+    pub fn load(path: &Path, device: Device, kind: Kind) -> Result<Model> {
+        if !path.exists() {
+            return Err(Error::io(
+                path,
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no such file or directory"),
+            ));
+        }
+        let is_gguf = path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+        let mut model = if is_gguf {
+            gguf::load_model(path, device)?
+        } else if path.is_dir() {
+            hf::load_model(path, device)?
+        } else {
+            return Err(Error::Format {
+                file: path.display().to_string(),
+                reason: "expected an HF checkpoint directory or a .gguf file".into(),
+            });
+        };
+        model.vs.set_kind(kind);
+        model.source = path.display().to_string();
+        Ok(model)
+    }
+
+    /// Saves as an HF directory: `config.json`, `model.safetensors`, and `tokenizer.json`
+    /// when a tokenizer is attached. Files are written atomically (temp file, then rename).
+    pub fn save_hf(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let cfg = serde_json::to_string_pretty(&self.net.config.to_hf_json())
+            .map_err(|e| Error::invalid(e.to_string()))?;
+        write_atomic(&dir.join("config.json"), cfg.as_bytes())?;
+        let tmp = dir.join("model.safetensors.tmp");
+        let vars: Vec<(String, tch::Tensor)> = {
+            let mut v: Vec<_> = self.vs.variables().into_iter().collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        tch::Tensor::write_safetensors(&vars, &tmp)?;
+        rename(&tmp, &dir.join("model.safetensors"))?;
+        if let Some(tok) = &self.tokenizer {
+            tok.save(&dir.join("tokenizer.json"))?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a
+/// half-written file.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp: PathBuf = {
+        let mut s = path.as_os_str().to_owned();
+        s.push(".tmp");
+        s.into()
+    };
+    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
+    rename(&tmp, path)
+}
+
+fn rename(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| Error::io(to, e))
+}

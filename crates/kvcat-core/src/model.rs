@@ -1,0 +1,343 @@
+//! The Llama-family decoder (RMSNorm, RoPE, GQA, SwiGLU, tied or untied embeddings).
+//!
+//! Modules are named like the HF checkpoint tensors (`model.layers.{i}.self_attn.q_proj`),
+//! so a `VarStore` loads HF safetensors directly and compressors can reach attention by name.
+//! The KV cache is owned by the caller: `forward(tokens, &mut KvCache)`.
+
+use crate::attention::{Attention, AttentionCapture};
+use crate::cache::KvCache;
+use crate::config::LlamaConfig;
+use crate::{Error, Result};
+use tch::nn::{self, Init};
+use tch::{Kind, Tensor};
+
+/// Which logits a forward pass computes (the LM head is the largest matmul for small models).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Logits {
+    /// `[b, t, vocab]`.
+    #[default]
+    All,
+    /// `[b, 1, vocab]`, for the last position only.
+    Last,
+    /// No logits (prefill only).
+    None,
+}
+
+/// Optional inputs and captures of a forward pass.
+#[derive(Default)]
+pub struct ForwardOptions<'a> {
+    /// Per-layer additive attention bias over this call's keys (cache slots, then the new
+    /// tokens): `[b, kv_heads | heads | 1, t, slots + t]`. KV-CAT training masks continuation
+    /// queries with it; `-inf` hides a key, finite values re-weight it (and carry gradient).
+    pub layer_bias: Option<&'a [Tensor]>,
+    /// Capture post-RoPE queries `[b, heads, t, head_dim]` per layer.
+    pub capture_queries: bool,
+    /// Capture attention probabilities `[b, heads, t, slots + t]` per layer (slower path).
+    pub capture_attention: bool,
+    /// Capture each layer's input hidden states `[b, t, hidden]` (index `num_layers` is the
+    /// final pre-norm output).
+    pub capture_hidden: bool,
+    /// Which logits to compute.
+    pub logits: Logits,
+}
+
+/// What a forward pass returns. Capture vectors are empty unless requested.
+#[derive(Debug, Default)]
+pub struct ForwardOutput {
+    /// Logits in the model dtype, per [`Logits`].
+    pub logits: Option<Tensor>,
+    pub queries: Vec<Tensor>,
+    pub attention: Vec<Tensor>,
+    pub hidden: Vec<Tensor>,
+}
+
+/// Root-mean-square layer norm, computed in f32 as HF does.
+#[derive(Debug)]
+pub struct RmsNorm {
+    pub weight: Tensor,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(p: &nn::Path, dim: i64, eps: f64) -> Self {
+        RmsNorm {
+            weight: p.var("weight", &[dim], Init::Const(1.0)),
+            eps,
+        }
+    }
+    /// `x`: `[.., dim]` → same shape and dtype.
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        let kind = x.kind();
+        let xf = x.to_kind(Kind::Float);
+        let var = xf.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float);
+        let normed = (xf * (var + self.eps).rsqrt()).to_kind(kind);
+        &self.weight * normed
+    }
+}
+
+/// A bias-free linear map `y = x Wᵀ` with `W`: `[out, in]`, as in HF's `nn.Linear(bias=False)`.
+#[derive(Debug)]
+pub struct Linear {
+    pub weight: Tensor,
+}
+
+impl Linear {
+    pub fn new(p: &nn::Path, in_dim: i64, out_dim: i64) -> Self {
+        Linear {
+            weight: p.var(
+                "weight",
+                &[out_dim, in_dim],
+                Init::Randn {
+                    mean: 0.0,
+                    stdev: 0.02,
+                },
+            ),
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        x.matmul(&self.weight.tr())
+    }
+}
+
+/// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
+#[derive(Debug)]
+pub struct Mlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl Mlp {
+    pub fn new(p: &nn::Path, cfg: &LlamaConfig) -> Self {
+        let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+        Mlp {
+            gate_proj: Linear::new(&(p / "gate_proj"), h, i),
+            up_proj: Linear::new(&(p / "up_proj"), h, i),
+            down_proj: Linear::new(&(p / "down_proj"), i, h),
+        }
+    }
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+/// One pre-norm decoder block.
+#[derive(Debug)]
+pub struct DecoderLayer {
+    pub self_attn: Attention,
+    pub mlp: Mlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+/// The decoder. Field names follow the HF tensor names.
+#[derive(Debug)]
+pub struct Llama {
+    pub config: LlamaConfig,
+    pub embed_tokens: Tensor,
+    pub layers: Vec<DecoderLayer>,
+    pub norm: RmsNorm,
+    /// `None` when embeddings are tied.
+    pub lm_head: Option<Linear>,
+}
+
+impl Llama {
+    /// Declares every variable under `root` with HF names (`model.…`, `lm_head.weight`).
+    /// Fresh variables get N(0, 0.02) init, norms 1; load a checkpoint afterwards to overwrite.
+    pub fn new(root: &nn::Path, cfg: &LlamaConfig) -> Self {
+        let m = root / "model";
+        let embed_tokens = (&m / "embed_tokens").var(
+            "weight",
+            &[cfg.vocab_size, cfg.hidden_size],
+            Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+        );
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let lp = &m / "layers" / i;
+                DecoderLayer {
+                    self_attn: Attention::new(&(&lp / "self_attn"), cfg),
+                    mlp: Mlp::new(&(&lp / "mlp"), cfg),
+                    input_layernorm: RmsNorm::new(
+                        &(&lp / "input_layernorm"),
+                        cfg.hidden_size,
+                        cfg.rms_norm_eps,
+                    ),
+                    post_attention_layernorm: RmsNorm::new(
+                        &(&lp / "post_attention_layernorm"),
+                        cfg.hidden_size,
+                        cfg.rms_norm_eps,
+                    ),
+                }
+            })
+            .collect();
+        let norm = RmsNorm::new(&(&m / "norm"), cfg.hidden_size, cfg.rms_norm_eps);
+        let lm_head = (!cfg.tie_word_embeddings)
+            .then(|| Linear::new(&(root / "lm_head"), cfg.hidden_size, cfg.vocab_size));
+        Llama {
+            config: cfg.clone(),
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+        }
+    }
+
+    /// The compute dtype (that of the embeddings).
+    pub fn kind(&self) -> Kind {
+        self.embed_tokens.kind()
+    }
+
+    /// The device the weights live on.
+    pub fn device(&self) -> tch::Device {
+        self.embed_tokens.device()
+    }
+
+    /// Checks token ids `[b, t]` against the vocabulary.
+    pub fn check_tokens(&self, tokens: &Tensor) -> Result<()> {
+        if tokens.numel() == 0 {
+            return Err(Error::invalid("empty token sequence"));
+        }
+        let flat = tokens.flatten(0, -1).to_kind(Kind::Int64);
+        let (min, max) = (flat.min().int64_value(&[]), flat.max().int64_value(&[]));
+        let vocab = self.config.vocab_size;
+        if min < 0 || max >= vocab {
+            let bad = flat.lt(0).logical_or(&flat.ge(vocab));
+            let index = bad.to_kind(Kind::Int64).argmax(0, false).int64_value(&[]);
+            let id = flat.int64_value(&[index]);
+            return Err(Error::TokenOutOfRange { id, index, vocab });
+        }
+        Ok(())
+    }
+
+    /// Logits for `tokens` `[b, t]`, appending their keys and values to `cache`.
+    /// Returns `[b, t, vocab]` in the model dtype.
+    pub fn forward(&self, tokens: &Tensor, cache: &mut KvCache) -> Result<Tensor> {
+        let out = self.forward_with(tokens, cache, &ForwardOptions::default())?;
+        out.logits
+            .ok_or_else(|| Error::invalid("forward computed no logits"))
+    }
+
+    /// The general forward pass: `tokens` `[b, t]` int64 at positions
+    /// `cache.seq_len .. cache.seq_len + t`, appended to `cache`.
+    pub fn forward_with(
+        &self,
+        tokens: &Tensor,
+        cache: &mut KvCache,
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        self.check_tokens(tokens)?;
+        let size = tokens.size();
+        if size.len() != 2 {
+            return Err(Error::invalid(format!(
+                "tokens must be [batch, time], got shape {size:?}"
+            )));
+        }
+        let n_layers = self.layers.len();
+        if !cache.is_empty() && cache.layers.len() != n_layers {
+            return Err(Error::invalid(format!(
+                "cache has {} layers, model has {n_layers}",
+                cache.layers.len()
+            )));
+        }
+        if let Some(bias) = opts.layer_bias {
+            if bias.len() != n_layers {
+                return Err(Error::invalid(format!(
+                    "layer_bias has {} entries, model has {n_layers} layers",
+                    bias.len()
+                )));
+            }
+        }
+        let t = size[1];
+        let device = self.device();
+        let positions =
+            Tensor::arange_start(cache.seq_len, cache.seq_len + t, (Kind::Int64, device));
+        let (cos, sin) = crate::attention::rope_tables(
+            &positions,
+            self.config.head_dim,
+            self.config.rope_theta,
+            self.kind(),
+        );
+        let mut x = Tensor::embedding(
+            &self.embed_tokens,
+            &tokens.to_device(device),
+            -1,
+            false,
+            false,
+        );
+        let mut out = ForwardOutput::default();
+        let fresh = cache.is_empty();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if opts.capture_hidden {
+                out.hidden.push(x.shallow_clone());
+            }
+            let capture = AttentionCapture {
+                queries: opts.capture_queries,
+                attention: opts.capture_attention,
+            };
+            let layer_cache = if fresh {
+                None
+            } else {
+                Some(&mut cache.layers[i])
+            };
+            let h = layer.input_layernorm.forward(&x);
+            let (attn_out, new_cache, caught) = layer.self_attn.forward(
+                &h,
+                layer_cache,
+                &positions,
+                (&cos, &sin),
+                opts.layer_bias.map(|b| &b[i]),
+                capture,
+            )?;
+            if let Some(c) = new_cache {
+                cache.layers.push(c);
+            }
+            if let Some(q) = caught.queries {
+                out.queries.push(q);
+            }
+            if let Some(a) = caught.attention {
+                out.attention.push(a);
+            }
+            x = x + attn_out;
+            x = &x
+                + layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&x));
+        }
+        if opts.capture_hidden {
+            out.hidden.push(x.shallow_clone());
+        }
+        cache.seq_len += t;
+        out.logits = match opts.logits {
+            Logits::None => None,
+            Logits::All => Some(self.lm_head(&self.norm.forward(&x))),
+            Logits::Last => Some(self.lm_head(&self.norm.forward(&x.narrow(1, t - 1, 1)))),
+        };
+        Ok(out)
+    }
+
+    /// Projects final hidden states `[.., hidden]` to logits `[.., vocab]`.
+    pub fn lm_head(&self, h: &Tensor) -> Tensor {
+        match &self.lm_head {
+            Some(head) => head.forward(h),
+            None => h.matmul(&self.embed_tokens.tr()),
+        }
+    }
+
+    /// Runs `tokens` `[b, t]` into a fresh cache without computing logits.
+    pub fn prefill(&self, tokens: &Tensor) -> Result<KvCache> {
+        let mut cache = KvCache::new();
+        self.forward_with(
+            tokens,
+            &mut cache,
+            &ForwardOptions {
+                logits: Logits::None,
+                ..Default::default()
+            },
+        )?;
+        Ok(cache)
+    }
+}

@@ -1,0 +1,1 @@
+//! kvcat-policies: train-time KV masking policies for KV-CAT, registered as plugins.
