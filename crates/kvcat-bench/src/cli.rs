@@ -21,6 +21,20 @@ pub enum Command {
     Forward(crate::commands::inspect::ForwardArgs),
     /// Greedy generation from a prompt, with the KV cache.
     Generate(crate::commands::inspect::GenerateArgs),
+    /// KV-CAT continued pretraining (or pretraining from scratch) from a TRAIN.toml.
+    Train(crate::commands::train::TrainArgs),
+    /// Compress a prefilled cache and write kept positions and continuation logits.
+    Compress(crate::commands::compress::CompressArgs),
+    /// List every registered policy, compressor and task with its parameters.
+    List(crate::commands::list::ListArgs),
+    /// Evaluate one model × task × compressor × budget and print a result table.
+    Eval(crate::commands::eval::EvalArgs),
+    /// Run a TOML manifest: policies × compressors × budgets × tasks.
+    Bench(crate::commands::bench::BenchArgs),
+    /// Join shard result directories into one.
+    Merge(crate::commands::merge::MergeArgs),
+    /// Write report.md and quality-vs-budget plots for a results directory.
+    Report(crate::commands::report::ReportArgs),
 }
 
 /// Parses the process arguments, runs the command, prints errors without a backtrace.
@@ -45,6 +59,13 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     match command {
         Command::Forward(a) => crate::commands::inspect::forward(a),
         Command::Generate(a) => crate::commands::inspect::generate(a),
+        Command::Train(a) => crate::commands::train::run(a),
+        Command::Compress(a) => crate::commands::compress::run(a),
+        Command::List(a) => crate::commands::list::run(a),
+        Command::Eval(a) => crate::commands::eval::run(a),
+        Command::Bench(a) => crate::commands::bench::run(a),
+        Command::Merge(a) => crate::commands::merge::run(a),
+        Command::Report(a) => crate::commands::report::run(a),
     }
 }
 
