@@ -3,3 +3,10 @@
 
 pub mod cli;
 pub mod commands;
+pub mod evaluate;
+pub mod metrics;
+pub mod report;
+pub mod results;
+pub mod runner;
+pub mod tasks;
+pub mod train;

@@ -14,6 +14,7 @@ pub mod loading;
 pub mod model;
 pub mod policy;
 pub mod registry;
+pub mod task;
 pub mod tokenizer;
 
 pub use budget::Budget;
