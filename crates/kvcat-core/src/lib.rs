@@ -13,6 +13,7 @@ pub mod error;
 pub mod loading;
 pub mod model;
 pub mod policy;
+pub mod probe;
 pub mod registry;
 pub mod task;
 pub mod tokenizer;
