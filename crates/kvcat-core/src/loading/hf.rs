@@ -9,7 +9,7 @@ use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
-use tch::{nn, Device, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 /// The safetensors files of a checkpoint directory.
 fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
@@ -47,17 +47,52 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files.into_iter().map(|f| dir.join(f)).collect())
 }
 
-/// Reads every tensor of `files` (on CPU), keyed by name.
+/// Reads every tensor of `files` (on CPU), keyed by name, with the file it came from.
 fn read_tensors(files: &[PathBuf]) -> Result<HashMap<String, (Tensor, String)>> {
     let mut out = HashMap::new();
     for f in files {
-        let tensors = Tensor::read_safetensors(f).map_err(|e| Error::Format {
-            file: f.display().to_string(),
-            reason: format!("cannot read safetensors: {e}"),
-        })?;
-        for (name, t) in tensors {
+        for (name, t) in read_safetensors_file(f)? {
             out.insert(name, (t, f.display().to_string()));
         }
+    }
+    Ok(out)
+}
+
+/// Reads one safetensors file. A missing file is an [`Error::Io`]; a corrupt header or
+/// truncated data an [`Error::Format`]; an element type libtorch lacks an
+/// [`Error::Unsupported`] naming the tensor.
+pub fn read_safetensors_file(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    use safetensors::Dtype;
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| Error::Format {
+        file: file.clone(),
+        reason: format!("not a valid safetensors file: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for (name, view) in st.tensors() {
+        let kind = match view.dtype() {
+            Dtype::F32 => Kind::Float,
+            Dtype::F16 => Kind::Half,
+            Dtype::BF16 => Kind::BFloat16,
+            Dtype::F64 => Kind::Double,
+            Dtype::I64 => Kind::Int64,
+            Dtype::I32 => Kind::Int,
+            Dtype::I16 => Kind::Int16,
+            Dtype::I8 => Kind::Int8,
+            Dtype::U8 => Kind::Uint8,
+            Dtype::BOOL => Kind::Bool,
+            other => {
+                return Err(Error::Unsupported {
+                    file,
+                    what: format!("element type of tensor `{name}`"),
+                    value: format!("{other:?}"),
+                    supported: "F32, F16, BF16, F64, I64, I32, I16, I8, U8, BOOL".into(),
+                })
+            }
+        };
+        let shape: Vec<i64> = view.shape().iter().map(|&d| d as i64).collect();
+        out.push((name, Tensor::f_from_data_size(view.data(), &shape, kind)?));
     }
     Ok(out)
 }
@@ -114,7 +149,10 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Model> {
     if !cfg_path.exists() {
         return Err(Error::io(
             &cfg_path,
-            std::io::Error::new(std::io::ErrorKind::NotFound, "missing config.json"),
+            std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "not found in the checkpoint directory",
+            ),
         ));
     }
     let cfg = LlamaConfig::from_hf_json(&cfg_path)?;
@@ -127,7 +165,14 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Model> {
     } else {
         &[]
     };
-    let unused = fill_vars(&vs, tensors, &dir.display().to_string(), optional)?;
+    // Missing tensors are reported against the file that lists the names: the single
+    // safetensors file, or the shard index.
+    let listing = if files.len() == 1 && files[0].ends_with("model.safetensors") {
+        files[0].clone()
+    } else {
+        dir.join("model.safetensors.index.json")
+    };
+    let unused = fill_vars(&vs, tensors, &listing.display().to_string(), optional)?;
     if !unused.is_empty() {
         tracing::warn!(dir = %dir.display(), "unused tensors in checkpoint: {}", unused.join(", "));
     }
