@@ -6,4 +6,5 @@
 pub mod eviction;
 pub mod fitting;
 pub mod summarization;
+pub mod topk;
 pub mod wrappers;

@@ -82,3 +82,46 @@ inventory::collect!(CompressorDescriptor);
 pub fn build_compressor(name: &str, params: &toml::Table) -> Result<Box<dyn Compressor>> {
     (crate::registry::get::<CompressorDescriptor>(name)?.build)(params)
 }
+
+/// A boxed scorer is a scorer, so typed wrappers (`AdaKv<S: Scorer>`) also hold scorers chosen
+/// at run time from the scorer registry.
+impl<S: Scorer + ?Sized> Scorer for Box<S> {
+    fn name(&self) -> &'static str {
+        (**self).name()
+    }
+    fn params(&self) -> toml::Table {
+        (**self).params()
+    }
+    fn score(&self, input: &CompressionInput, layer: usize) -> Result<Tensor> {
+        (**self).score(input, layer)
+    }
+}
+
+/// A registered eviction scorer (what wrappers such as `adakv` or `pyramid` name as `inner`,
+/// and what a train-time policy may reuse).
+pub struct ScorerDescriptor {
+    pub name: &'static str,
+    pub description: &'static str,
+    pub defaults: fn() -> toml::Table,
+    pub build: fn(&toml::Table) -> Result<Box<dyn Scorer>>,
+}
+
+impl Descriptor for ScorerDescriptor {
+    const KIND: &'static str = "scorer";
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn description(&self) -> &'static str {
+        self.description
+    }
+    fn defaults(&self) -> toml::Table {
+        (self.defaults)()
+    }
+}
+
+inventory::collect!(ScorerDescriptor);
+
+/// Builds a registered scorer by name from its parameter table.
+pub fn build_scorer(name: &str, params: &toml::Table) -> Result<Box<dyn Scorer>> {
+    (crate::registry::get::<ScorerDescriptor>(name)?.build)(params)
+}

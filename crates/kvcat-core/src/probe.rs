@@ -88,6 +88,35 @@ pub fn queries_at(
     Ok(crate::attention::apply_rope(&q, &cos, &sin))
 }
 
+/// Pre-RoPE queries of `layer` (`q_proj` output only) for `hidden` `[b, t, hidden]` at positions
+/// `start .. start + len`: `[b, heads, len, head_dim]` (expected attention models their
+/// distribution before rotating it).
+pub fn prerope_queries(
+    model: &Llama,
+    layer: usize,
+    hidden: &Tensor,
+    start: i64,
+    len: i64,
+) -> Result<Tensor> {
+    check_layer(model, layer)?;
+    let s = hidden.size();
+    if s.len() != 3 || start < 0 || len < 1 || start + len > s[1] {
+        return Err(Error::invalid(format!(
+            "probe::prerope_queries: positions {start}..{} out of range for hidden states {s:?}",
+            start + len
+        )));
+    }
+    let _g = tch::no_grad_guard();
+    let l = &model.layers[layer];
+    let x = l.input_layernorm.forward(&hidden.narrow(1, start, len));
+    let attn = &l.self_attn;
+    Ok(attn
+        .q_proj
+        .forward(&x)
+        .view([s[0], len, attn.num_heads, attn.head_dim])
+        .transpose(1, 2))
+}
+
 /// Post-RoPE keys and values of `layer` for `hidden` `[b, t, hidden]` at positions
 /// `start .. start + len`: `(k, v)`, each `[b, kv_heads, len, head_dim]`.
 pub fn keys_values(

@@ -1,1 +1,105 @@
-//! (being written)
+//! Eviction compressors: each method is a [`kvcat_core::Scorer`] in its own short file,
+//! turned into a compressor by [`crate::topk::ScorerCompressor`]. Defaults equal kvpress
+//! 0.5.5's; the budget fraction `b` is kvpress's `compression_ratio = 1 − b`.
+//!
+//! Every scorer is registered twice under the same name: as a compressor (top-k) and as a
+//! scorer (for wrappers such as `adakv` and `pyramid`, which name it as `inner`).
+
+pub mod expected_attention;
+pub mod keydiff;
+pub mod knorm;
+pub mod observed_attention;
+pub mod random;
+pub mod snapkv;
+pub mod streaming_llm;
+pub mod tova;
+
+use kvcat_core::{CompressionInput, Error, Result};
+
+/// Registers a scorer type `$ty` (built by `$ty::new($params)`) as both a scorer and a
+/// top-k compressor named `$name`.
+#[macro_export]
+macro_rules! register_scorer {
+    ($ty:ty, $params:ty, $name:literal, $desc:literal) => {
+        ::kvcat_core::inventory::submit! {
+            ::kvcat_core::compressor::ScorerDescriptor {
+                name: $name,
+                description: $desc,
+                defaults: || ::kvcat_core::registry::to_table(&<$params>::default()),
+                build: |t| {
+                    let p: $params = ::kvcat_core::registry::parse_params("scorer", $name, t)?;
+                    Ok(Box::new(<$ty>::new(p)?))
+                },
+            }
+        }
+        ::kvcat_core::inventory::submit! {
+            ::kvcat_core::CompressorDescriptor {
+                name: $name,
+                description: $desc,
+                defaults: || ::kvcat_core::registry::to_table(&<$params>::default()),
+                build: |t| {
+                    let p: $params = ::kvcat_core::registry::parse_params("compressor", $name, t)?;
+                    Ok(Box::new($crate::topk::ScorerCompressor::new(<$ty>::new(p)?)))
+                },
+            }
+        }
+    };
+}
+
+/// The layer's cache, checked to exist.
+pub(crate) fn layer<'a>(
+    input: &'a CompressionInput,
+    i: usize,
+) -> Result<&'a kvcat_core::LayerCache> {
+    input.cache.layers.get(i).ok_or_else(|| {
+        Error::invalid(format!(
+            "layer {i} out of range: the cache has {} layers",
+            input.cache.layers.len()
+        ))
+    })
+}
+
+/// The layer's prefill hidden states `[b, t, hidden]`, checked to exist.
+pub(crate) fn hidden<'a>(
+    name: &str,
+    input: &'a CompressionInput,
+    i: usize,
+) -> Result<&'a tch::Tensor> {
+    input.hidden.get(i).ok_or_else(|| {
+        Error::invalid(format!(
+            "`{name}` needs the prefill hidden states of layer {i}, but only {} were given \
+             (prefill with kvcat_core::probe::prefill_for_compression)",
+            input.hidden.len()
+        ))
+    })
+}
+
+/// Errors when the budget keeps fewer slots than a scorer's protected slots.
+pub(crate) fn check_protected(
+    name: &str,
+    input: &CompressionInput,
+    slots: i64,
+    protected: i64,
+    what: &str,
+) -> Result<()> {
+    let kept = input.budget.kept(slots);
+    if kept < slots && kept < protected {
+        return Err(Error::Budget {
+            value: input.budget.to_string(),
+            reason: format!(
+                "`{name}` keeps {kept} of {slots} slots, fewer than its {protected} protected \
+                 slots ({what}); raise the budget or lower `{what}`"
+            ),
+        });
+    }
+    Ok(())
+}
+
+/// Sets `protect` slots (`[b, h, s]` bool) to one more than the maximum score, as kvpress
+/// pads its windows and sinks, so they are kept first.
+pub(crate) fn protect(scores: &tch::Tensor, protect: &tch::Tensor) -> tch::Tensor {
+    let others = scores.masked_fill(protect, f64::NEG_INFINITY);
+    let top = others.max().double_value(&[]);
+    let top = if top.is_finite() { top } else { 0.0 };
+    scores.masked_fill(protect, top + 1.0)
+}

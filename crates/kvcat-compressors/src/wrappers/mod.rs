@@ -1,1 +1,1 @@
-//! (being written)
+//! Wrappers that change how an inner method's budget is spent (added below).
