@@ -1,6 +1,7 @@
 //! Loading models: HF directories (`config.json` + safetensors, sharded too) and GGUF files.
 
 pub mod gguf;
+pub mod gguf_tokenizer;
 pub mod hf;
 
 use crate::config::LlamaConfig;
