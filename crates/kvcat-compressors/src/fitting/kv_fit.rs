@@ -1,0 +1,353 @@
+//! `kv_fit`: gradient-based KV fitting, in the spirit of KVSculpt (free compacted keys and
+//! values optimised against the full cache's attention) and Cartridges (Eyuboglu et al. 2025,
+//! a trained cache), with the per-slot mass bias β of Zweiger et al. 2026.
+//!
+//! A registered eviction compressor (`init`, e.g. `snapkv`) picks the `t` starting slots per
+//! head. Then, layer by layer, the kept keys `k` `[b, kv_heads, t, d]`, values `v` and bias β
+//! `[b, kv_heads, t]` become free parameters, optimised with Adam for at most `steps` steps
+//! (stopping early when the loss improves by less than a relative `tol` for `patience` steps)
+//! to minimise, over reference queries `Q` (the "repeat the context" pass, see
+//! [`reference`](super::reference)):
+//!
+//! `L = ‖O' − O‖² / ‖O‖² + mass_weight · mean_q (lse'_q − lse_q)²`
+//!
+//! where `O = softmax(QKᵀ/√d + o) V` over the original slots, `O'` the same over the fitted
+//! slots with β, and `lse` the log attention mass (so the fitted block still mixes correctly
+//! with tokens appended later). Only the `output_mse` objective is implemented; the next-token
+//! KL objective over a continuation sample is not.
+
+use super::attention_matching::layer_reference;
+use super::layer_offset;
+use super::reference::RepeatProbe;
+use kvcat_core::compressor::{
+    build_compressor, Compressed, CompressionInput, Compressor, CompressorDescriptor,
+};
+use kvcat_core::registry::{parse_params, to_table};
+use kvcat_core::{Error, KvCache, LayerCache, Result};
+use serde::{Deserialize, Serialize};
+use std::time::Instant;
+use tch::{Kind, Tensor};
+
+/// What `kv_fit` minimises.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Objective {
+    /// Relative attention-output MSE over reference queries (+ `mass_weight` · log-mass MSE).
+    OutputMse,
+}
+
+/// Parameters of `kv_fit`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct KvFitParams {
+    /// The registered compressor that picks the starting slots (any eviction compressor).
+    pub init: String,
+    /// Its parameter table.
+    pub init_params: toml::Table,
+    pub objective: Objective,
+    /// Maximum Adam steps per layer.
+    pub steps: usize,
+    /// Adam learning rate (β₁ 0.9, β₂ 0.999, ε 1e-8).
+    pub lr: f64,
+    /// Early stop: relative improvement of the best loss below `tol` for `patience` steps.
+    pub tol: f64,
+    pub patience: usize,
+    /// Weight of the log-mass term.
+    pub mass_weight: f64,
+    /// Which of keys, values, bias are free.
+    pub fit_keys: bool,
+    pub fit_values: bool,
+    pub fit_bias: bool,
+    /// Reference queries: see `attention_matching`.
+    pub instruction_ids: Vec<i64>,
+    pub self_queries: bool,
+    pub question_queries: bool,
+    pub max_queries: i64,
+    pub layer_by_layer: bool,
+}
+
+impl Default for KvFitParams {
+    fn default() -> Self {
+        KvFitParams {
+            init: "snapkv".into(),
+            init_params: toml::Table::new(),
+            objective: Objective::OutputMse,
+            steps: 100,
+            lr: 0.01,
+            tol: 1e-4,
+            patience: 10,
+            mass_weight: 0.1,
+            fit_keys: true,
+            fit_values: true,
+            fit_bias: true,
+            instruction_ids: vec![],
+            self_queries: false,
+            question_queries: true,
+            max_queries: 512,
+            layer_by_layer: true,
+        }
+    }
+}
+
+/// The `kv_fit` compressor.
+pub struct KvFit {
+    pub params: KvFitParams,
+    init: Box<dyn Compressor>,
+}
+
+/// The loss trace of one layer's fit.
+#[derive(Debug, Clone)]
+pub struct FitTrace {
+    /// Loss before each step, then the final loss (length = steps taken + 1).
+    pub losses: Vec<f64>,
+    /// Final relative output error `‖O' − O‖/‖O‖`.
+    pub rel_output_error: f64,
+}
+
+/// Attention log-mass and output of grouped queries `q` `[b, h, n, d]` over keys `k`
+/// `[b, h, s, d]`, values `v` and offset `o` `[b, h, s]`: `(lse [b, h, n], out [b, h, n, d])`.
+fn attend(q: &Tensor, k: &Tensor, v: &Tensor, o: Option<&Tensor>) -> (Tensor, Tensor) {
+    let scale = 1.0 / (k.size()[3] as f64).sqrt();
+    let mut logits = q.matmul(&k.transpose(-2, -1)) * scale;
+    if let Some(o) = o {
+        logits = logits + o.unsqueeze(2);
+    }
+    let lse = logits.logsumexp(&[-1i64][..], false);
+    let p = (logits - lse.unsqueeze(-1)).exp();
+    (lse, p.matmul(v))
+}
+
+impl KvFit {
+    /// Fits one layer: `orig` the full layer, `init` its evicted starting point (same batch and
+    /// heads), `refs` per-KV-head reference queries `[b, kv_heads, n, d]`. Returns the fitted
+    /// layer and the loss trace.
+    pub fn fit_layer(
+        &self,
+        orig: &LayerCache,
+        init: &LayerCache,
+        refs: &Tensor,
+    ) -> Result<(LayerCache, FitTrace)> {
+        let p = &self.params;
+        let f = Kind::Float;
+        let q = refs.to_kind(f).detach();
+        let (lse0, out0) = {
+            let _g = tch::no_grad_guard();
+            let off = layer_offset(orig).map(|o| o.to_kind(f));
+            attend(&q, &orig.k.to_kind(f), &orig.v.to_kind(f), off.as_ref())
+        };
+        let out_norm = out0
+            .pow_tensor_scalar(2)
+            .mean(f)
+            .double_value(&[])
+            .max(1e-30);
+        let hidden = init.keep.as_ref().map(|m| {
+            Tensor::zeros_like(&m.to_kind(f)).masked_fill(&m.logical_not(), f64::NEG_INFINITY)
+        });
+        let s = init.k.size();
+        let k = init
+            .k
+            .to_kind(f)
+            .detach()
+            .copy()
+            .set_requires_grad(p.fit_keys);
+        let v = init
+            .v
+            .to_kind(f)
+            .detach()
+            .copy()
+            .set_requires_grad(p.fit_values);
+        let beta = match &init.bias {
+            Some(b) => b.to_kind(f).detach().copy(),
+            None => Tensor::zeros([s[0], s[1], s[2]], (f, init.k.device())),
+        }
+        .set_requires_grad(p.fit_bias);
+        let loss_of = |k: &Tensor, v: &Tensor, beta: &Tensor| -> (Tensor, Tensor) {
+            let off = match &hidden {
+                Some(m) => beta + m,
+                None => beta.shallow_clone(),
+            };
+            let (lse, out) = attend(&q, k, v, Some(&off));
+            let out_term = (&out - &out0).pow_tensor_scalar(2).mean(f) / out_norm;
+            let lse_term = (lse - &lse0).pow_tensor_scalar(2).mean(f);
+            (&out_term + lse_term * p.mass_weight, out_term)
+        };
+        let params: Vec<&Tensor> = [(&k, p.fit_keys), (&v, p.fit_values), (&beta, p.fit_bias)]
+            .into_iter()
+            .filter_map(|(t, free)| free.then_some(t))
+            .collect();
+        let mut m1: Vec<Tensor> = params.iter().map(|t| t.zeros_like()).collect();
+        let mut m2: Vec<Tensor> = params.iter().map(|t| t.zeros_like()).collect();
+        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let mut losses = Vec::with_capacity(p.steps + 1);
+        let mut best = f64::INFINITY;
+        let mut stale = 0usize;
+        for step in 1..=p.steps {
+            if params.is_empty() {
+                break;
+            }
+            let (loss, _) = loss_of(&k, &v, &beta);
+            let lv = loss.double_value(&[]);
+            losses.push(lv);
+            if !lv.is_finite() {
+                return Err(Error::invalid(format!(
+                    "kv_fit: the loss became {lv} at step {step}; lower `lr` (now {})",
+                    p.lr
+                )));
+            }
+            if lv < best * (1.0 - p.tol) {
+                best = lv;
+                stale = 0;
+            } else {
+                stale += 1;
+                if stale >= p.patience {
+                    break;
+                }
+            }
+            let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
+            let _g = tch::no_grad_guard();
+            let c1 = 1.0 - b1.powi(step as i32);
+            let c2 = 1.0 - b2.powi(step as i32);
+            for (i, g) in grads.iter().enumerate() {
+                m1[i] = &m1[i] * b1 + g * (1.0 - b1);
+                m2[i] = &m2[i] * b2 + g.pow_tensor_scalar(2) * (1.0 - b2);
+                let upd = (&m1[i] / c1) / ((&m2[i] / c2).sqrt() + eps) * p.lr;
+                let mut t = params[i].shallow_clone();
+                let _ = t.f_sub_(&upd)?;
+            }
+        }
+        let _g = tch::no_grad_guard();
+        let (loss, out_term) = loss_of(&k, &v, &beta);
+        losses.push(loss.double_value(&[]));
+        let rel = out_term.double_value(&[]).sqrt();
+        let kind = orig.k.kind();
+        let layer = LayerCache {
+            k: k.detach().to_kind(kind),
+            v: v.detach().to_kind(kind),
+            positions: init.positions.copy(),
+            keep: init.keep.as_ref().map(|m| m.copy()),
+            bias: Some(beta.detach()),
+        };
+        Ok((
+            layer,
+            FitTrace {
+                losses,
+                rel_output_error: rel,
+            },
+        ))
+    }
+}
+
+impl Compressor for KvFit {
+    fn name(&self) -> &'static str {
+        "kv_fit"
+    }
+    fn params(&self) -> toml::Table {
+        to_table(&self.params)
+    }
+    fn compress(&self, input: &CompressionInput) -> Result<Compressed> {
+        let start = Instant::now();
+        let cache = input.cache;
+        let Some(l0) = cache.layers.first() else {
+            return Err(Error::invalid("kv_fit: the cache is empty"));
+        };
+        if input.budget.is_identity_for(l0.slots()) {
+            return Ok(Compressed {
+                cache: cache.copy(),
+                extra: vec![],
+            });
+        }
+        let init = self.init.compress(input)?.cache;
+        if init.layers.len() != cache.layers.len() {
+            return Err(Error::invalid(format!(
+                "kv_fit: init compressor `{}` returned {} layers, expected {}",
+                self.params.init,
+                init.layers.len(),
+                cache.layers.len()
+            )));
+        }
+        let init_secs = start.elapsed().as_secs_f64();
+        let question = input.question.filter(|_| self.params.question_queries);
+        let mut repeat = RepeatProbe::new(
+            input.model,
+            input.context,
+            &self.params.instruction_ids,
+            question,
+            cache.seq_len,
+        )?;
+        let mut layers = Vec::with_capacity(cache.layers.len());
+        let (mut first, mut last, mut rel, mut steps) = (0.0, 0.0, 0.0, 0.0);
+        for (i, (orig, start_layer)) in cache.layers.iter().zip(&init.layers).enumerate() {
+            let refs = layer_reference(
+                input,
+                &repeat,
+                i,
+                self.params.self_queries,
+                self.params.max_queries,
+            )?;
+            let (fitted, trace) = self.fit_layer(orig, start_layer, &refs)?;
+            first += trace.losses.first().copied().unwrap_or(0.0);
+            last += trace.losses.last().copied().unwrap_or(0.0);
+            rel += trace.rel_output_error;
+            steps += (trace.losses.len() - 1) as f64;
+            if i + 1 < cache.layers.len() {
+                repeat.advance(if self.params.layer_by_layer {
+                    &fitted
+                } else {
+                    orig
+                })?;
+            }
+            layers.push(fitted);
+        }
+        let n = cache.layers.len() as f64;
+        let secs = start.elapsed().as_secs_f64();
+        Ok(Compressed {
+            cache: KvCache {
+                layers,
+                seq_len: cache.seq_len,
+            },
+            extra: vec![
+                ("fit_seconds".into(), secs),
+                ("fit_init_seconds".into(), init_secs),
+                ("fit_seconds_per_layer".into(), (secs - init_secs) / n),
+                ("fit_initial_loss".into(), first / n),
+                ("fit_final_loss".into(), last / n),
+                ("fit_rel_output_error".into(), rel / n),
+                ("fit_steps".into(), steps / n),
+            ],
+        })
+    }
+}
+
+fn build(table: &toml::Table) -> Result<Box<dyn Compressor>> {
+    let params: KvFitParams = parse_params("compressor", "kv_fit", table)?;
+    let bad = |reason: String| Error::Params {
+        kind: "compressor",
+        name: "kv_fit".into(),
+        reason,
+    };
+    if !(params.lr > 0.0) || !(params.tol >= 0.0) || !(params.mass_weight >= 0.0) {
+        return Err(bad(format!(
+            "lr must be > 0, tol and mass_weight ≥ 0 (got lr {}, tol {}, mass_weight {})",
+            params.lr, params.tol, params.mass_weight
+        )));
+    }
+    if params.max_queries < 0 || params.patience == 0 {
+        return Err(bad("max_queries must be ≥ 0 and patience ≥ 1".into()));
+    }
+    if params.init == "kv_fit" {
+        return Err(bad(
+            "init must be an eviction compressor, not kv_fit itself".into(),
+        ));
+    }
+    let init = build_compressor(&params.init, &params.init_params)?;
+    Ok(Box::new(KvFit { params, init }))
+}
+
+inventory::submit! {
+    CompressorDescriptor {
+        name: "kv_fit",
+        description: "gradient-based KV fitting: free k, v, β from an eviction init, Adam on attention-output MSE",
+        defaults: || to_table(&KvFitParams::default()),
+        build,
+    }
+}
