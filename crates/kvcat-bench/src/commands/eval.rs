@@ -1,9 +1,298 @@
-//! `kvcat eval` (being written).
+//! `kvcat eval`: one model × task × compressor × budget(s); prints a result table and can
+//! append CSV [`ResultRow`](crate::results::ResultRow)s.
+
+use crate::commands::common::ModelArgs;
+use crate::evaluate::{
+    check_task_fits, evaluate_budgets, mean_context_len, prepare, CellInfo, EvalOptions, EvalResult,
+};
+use crate::results::{git_revision, ResultRow};
+use anyhow::{bail, Context};
+use kvcat_core::registry::params_string;
+use kvcat_core::{Budget, Tokenizer};
+use sha2::{Digest, Sha256};
+use std::path::PathBuf;
 
 /// Arguments of `kvcat eval`.
 #[derive(clap::Args, Debug)]
-pub struct EvalArgs {}
+pub struct EvalArgs {
+    #[command(flatten)]
+    pub model: ModelArgs,
+    /// A tokenizer.json to use instead of the model's own.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Task name (`kvcat list` shows them).
+    #[arg(long)]
+    pub task: String,
+    /// Compressor name, or `none` for the uncompressed cache.
+    #[arg(long, default_value = "none")]
+    pub compressor: String,
+    /// Budget(s): a fraction (0.5, 50%) or a slot count (128); repeat or comma-separate to
+    /// evaluate several budgets on one prefill per example.
+    #[arg(long, value_delimiter = ',', default_value = "1.0")]
+    pub budget: Vec<String>,
+    /// Number of examples.
+    #[arg(long, default_value_t = 10)]
+    pub n: usize,
+    /// Seed for example generation and stochastic compressors.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// A compressor parameter, `key=value` (value in TOML syntax; bare words are strings).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    pub set: Vec<String>,
+    /// A task parameter, `key=value`, e.g. `context_len=1024`, `depth=0.5`.
+    #[arg(long = "task-set", value_name = "KEY=VALUE")]
+    pub task_set: Vec<String>,
+    /// Let the compressor see the question.
+    #[arg(long)]
+    pub query_aware: bool,
+    /// Do not prepend the model's BOS token to contexts.
+    #[arg(long)]
+    pub no_bos: bool,
+    /// Append result rows to this CSV (header written when the file is new).
+    #[arg(long)]
+    pub csv: Option<PathBuf>,
+    /// Print each example's prediction and score.
+    #[arg(long)]
+    pub show: bool,
+}
 
-pub fn run(_args: EvalArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`kvcat eval` is not built yet")
+/// Parses `key=value` assignments into a TOML table. Values are TOML (`3`, `0.5`, `true`,
+/// `"x"`, `[1, 2]`); anything that does not parse as TOML is taken as a string.
+pub fn parse_assignments(items: &[String]) -> anyhow::Result<toml::Table> {
+    let mut table = toml::Table::new();
+    for item in items {
+        let Some((k, v)) = item.split_once('=') else {
+            bail!("`{item}`: expected key=value");
+        };
+        let (k, v) = (k.trim(), v.trim());
+        if k.is_empty() {
+            bail!("`{item}`: empty key");
+        }
+        let value = format!("v = {v}")
+            .parse::<toml::Table>()
+            .ok()
+            .and_then(|mut t| t.remove("v"))
+            .unwrap_or_else(|| toml::Value::String(v.to_string()));
+        table.insert(k.to_string(), value);
+    }
+    Ok(table)
+}
+
+/// A short content hash of a resolved cell configuration.
+pub fn cell_hash(parts: &[&str]) -> String {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p.as_bytes());
+        h.update([0u8]);
+    }
+    h.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+pub fn run(args: EvalArgs) -> anyhow::Result<()> {
+    let budgets: Vec<Budget> = args
+        .budget
+        .iter()
+        .map(|b| b.parse::<Budget>())
+        .collect::<kvcat_core::Result<_>>()?;
+    let task_params = parse_assignments(&args.task_set).context("--task-set")?;
+    let comp_params = parse_assignments(&args.set).context("--set")?;
+    let task = kvcat_core::task::build_task(&args.task, &task_params)?;
+    let compressor = if args.compressor == "none" {
+        if !comp_params.is_empty() {
+            bail!("--set is given but --compressor is `none`");
+        }
+        None
+    } else {
+        Some(kvcat_core::compressor::build_compressor(
+            &args.compressor,
+            &comp_params,
+        )?)
+    };
+
+    let model = args.model.load()?;
+    let tok: Tokenizer = match &args.tokenizer {
+        Some(p) => Tokenizer::from_file(p)?,
+        None => model.tokenizer.clone().with_context(|| {
+            format!(
+                "{} has no tokenizer; pass --tokenizer tokenizer.json",
+                model.source
+            )
+        })?,
+    };
+    check_task_fits(task.as_ref(), &model)?;
+    let opts = EvalOptions {
+        query_aware: args.query_aware,
+        add_bos: !args.no_bos,
+        seed: args.seed,
+    };
+    let examples = task
+        .examples(&tok, args.n, args.seed)
+        .with_context(|| format!("generating `{}` examples", args.task))?;
+    let prepared = prepare(&model, &tok, &examples, &opts)?;
+    let results = evaluate_budgets(
+        &model,
+        &tok,
+        &prepared,
+        compressor.as_deref(),
+        &budgets,
+        &opts,
+    )?;
+
+    let task_params_s = params_string(&task.params());
+    let comp_params_s = compressor
+        .as_ref()
+        .map(|c| params_string(&c.params()))
+        .unwrap_or_default();
+    let device = format!("{:?}", model.device()).to_lowercase();
+    let dtype = format!("{:?}", model.kind()).to_lowercase();
+    let git_rev = git_revision();
+    let run_id = format!(
+        "eval-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    let mut rows: Vec<ResultRow> = Vec::new();
+    for r in &results {
+        let budget_s = r
+            .budget
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "1".into());
+        let n_s = args.n.to_string();
+        let seed_s = args.seed.to_string();
+        let qa = args.query_aware.to_string();
+        let cell = CellInfo {
+            run_id: run_id.clone(),
+            cell_id: cell_hash(&[
+                &model.source,
+                &args.compressor,
+                &comp_params_s,
+                &budget_s,
+                &args.task,
+                &task_params_s,
+                &n_s,
+                &seed_s,
+                &qa,
+            ]),
+            model: model.source.clone(),
+            policy: String::new(),
+            policy_params: String::new(),
+            compressor: args.compressor.clone(),
+            compressor_params: comp_params_s.clone(),
+            task: args.task.clone(),
+            task_params: task_params_s.clone(),
+            query_aware: args.query_aware,
+            device: device.clone(),
+            dtype: dtype.clone(),
+            seed: args.seed,
+            git_rev: git_rev.clone(),
+        };
+        rows.extend(r.rows(&cell));
+    }
+
+    println!(
+        "model {}  task {} ({task_params_s})  n {}  mean context {:.0} tokens  compressor {}{}{}",
+        model.source,
+        args.task,
+        args.n,
+        mean_context_len(&prepared),
+        args.compressor,
+        if comp_params_s.is_empty() {
+            String::new()
+        } else {
+            format!(" ({comp_params_s})")
+        },
+        if args.query_aware {
+            "  query-aware"
+        } else {
+            ""
+        }
+    );
+    if args.show {
+        for r in &results {
+            print_predictions(r);
+        }
+    }
+    print_table(&results);
+    if let Some(path) = &args.csv {
+        append_csv(path, &rows)?;
+        println!("wrote {} rows to {}", rows.len(), path.display());
+    }
+    Ok(())
+}
+
+fn print_predictions(r: &EvalResult) {
+    let b = r
+        .budget
+        .map(|b| b.to_string())
+        .unwrap_or_else(|| "none".into());
+    for p in &r.predictions {
+        let scores: Vec<String> = p
+            .scores
+            .iter()
+            .map(|(k, v)| format!("{k}={v:.3}"))
+            .collect();
+        println!(
+            "[budget {b}] {}: {:?}  gold {:?}  {}",
+            p.id,
+            p.text,
+            p.answers,
+            scores.join(" ")
+        );
+    }
+}
+
+fn print_table(results: &[EvalResult]) {
+    println!(
+        "{:<10} {:<20} {:>10} {:>9} {:>5} {:>9} {:>10} {:>10}",
+        "budget", "metric", "value", "stderr", "n", "achieved", "kv MiB", "compress s"
+    );
+    for r in results {
+        let b = r
+            .budget
+            .map(|b| b.to_string())
+            .unwrap_or_else(|| "none".into());
+        for m in r.metrics.iter().chain(&r.extra) {
+            println!(
+                "{:<10} {:<20} {:>10.4} {:>9.4} {:>5} {:>9.4} {:>10.3} {:>10.4}",
+                b,
+                m.name,
+                m.mean,
+                m.stderr,
+                m.n,
+                r.budget_achieved,
+                r.kv_bytes / (1024.0 * 1024.0),
+                r.compress_seconds
+            );
+        }
+    }
+}
+
+/// Appends rows to a CSV file, writing the header only when the file is new or empty.
+pub fn append_csv(path: &std::path::Path, rows: &[ResultRow]) -> anyhow::Result<()> {
+    let fresh = std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut w = csv::WriterBuilder::new()
+        .has_headers(fresh)
+        .from_writer(file);
+    for r in rows {
+        w.serialize(r)
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    w.flush()
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
 }
