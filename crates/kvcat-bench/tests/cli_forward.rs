@@ -2,6 +2,8 @@
 //! `kvcat-core` (see `tools/fixtures/make_hf_fixtures.py`), and one-line errors without a
 //! panic or backtrace for bad input.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use tch::Tensor;

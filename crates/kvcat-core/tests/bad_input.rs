@@ -2,6 +2,8 @@
 //! the tensor or field at fault. Each broken checkpoint is built at test time in a temporary
 //! directory from the `llama_gqa_tied` fixture (see `tools/fixtures/make_hf_fixtures.py`).
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use kvcat_core::{Error, KvCache, Model};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};

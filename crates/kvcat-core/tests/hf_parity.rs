@@ -5,6 +5,8 @@
 //! ids `[T]` and the transformers logits `[T, vocab]`. kvcat must match them within 1e-4
 //! max-abs, both in one full forward pass and through incremental cached decoding.
 
+#![allow(clippy::unwrap_used)] // a failed unwrap is a failed test
+
 use kvcat_core::{ForwardOptions, KvCache, Logits, Model};
 use std::path::PathBuf;
 use tch::{Device, Kind, Tensor};
