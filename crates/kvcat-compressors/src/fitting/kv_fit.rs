@@ -318,29 +318,36 @@ impl Compressor for KvFit {
     }
 }
 
+impl KvFit {
+    /// Validates `params` and builds the `init` compressor from the registry.
+    pub fn new(params: KvFitParams) -> Result<Self> {
+        let bad = |reason: String| Error::Params {
+            kind: "compressor",
+            name: "kv_fit".into(),
+            reason,
+        };
+        if !(params.lr > 0.0) || !(params.tol >= 0.0) || !(params.mass_weight >= 0.0) {
+            return Err(bad(format!(
+                "lr must be > 0, tol and mass_weight ≥ 0 (got lr {}, tol {}, mass_weight {})",
+                params.lr, params.tol, params.mass_weight
+            )));
+        }
+        if params.max_queries < 0 || params.patience == 0 {
+            return Err(bad("max_queries must be ≥ 0 and patience ≥ 1".into()));
+        }
+        if params.init == "kv_fit" {
+            return Err(bad(
+                "init must be an eviction compressor, not kv_fit itself".into(),
+            ));
+        }
+        let init = build_compressor(&params.init, &params.init_params)?;
+        Ok(KvFit { params, init })
+    }
+}
+
 fn build(table: &toml::Table) -> Result<Box<dyn Compressor>> {
     let params: KvFitParams = parse_params("compressor", "kv_fit", table)?;
-    let bad = |reason: String| Error::Params {
-        kind: "compressor",
-        name: "kv_fit".into(),
-        reason,
-    };
-    if !(params.lr > 0.0) || !(params.tol >= 0.0) || !(params.mass_weight >= 0.0) {
-        return Err(bad(format!(
-            "lr must be > 0, tol and mass_weight ≥ 0 (got lr {}, tol {}, mass_weight {})",
-            params.lr, params.tol, params.mass_weight
-        )));
-    }
-    if params.max_queries < 0 || params.patience == 0 {
-        return Err(bad("max_queries must be ≥ 0 and patience ≥ 1".into()));
-    }
-    if params.init == "kv_fit" {
-        return Err(bad(
-            "init must be an eviction compressor, not kv_fit itself".into(),
-        ));
-    }
-    let init = build_compressor(&params.init, &params.init_params)?;
-    Ok(Box::new(KvFit { params, init }))
+    Ok(Box::new(KvFit::new(params)?))
 }
 
 inventory::submit! {
