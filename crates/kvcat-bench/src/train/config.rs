@@ -1,0 +1,544 @@
+//! `TrainConfig`: the plain-data description of one training run (TOML, `deny_unknown_fields`),
+//! its validation, and its content hash for checkpoint caching.
+
+use anyhow::{bail, ensure, Context};
+use kvcat_core::{Budget, LlamaConfig};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::path::{Path, PathBuf};
+
+/// One training run. Build it from TOML with [`TrainConfig::from_toml_file`] or in code
+/// (every field is public; [`TrainConfig::default`] is a sane tiny CPU run to modify).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainConfig {
+    /// The starting model.
+    pub model: ModelConfig,
+    /// The masking policy and its parameters.
+    #[serde(default)]
+    pub policy: PolicyConfig,
+    /// Training data.
+    pub data: DataConfig,
+    /// Optimiser steps (each of `grad_accum` micro-batches).
+    pub steps: usize,
+    /// Sequences per micro-batch.
+    pub batch_size: i64,
+    /// Tokens per sequence `T`.
+    pub seq_len: i64,
+    /// Micro-batches accumulated per optimiser step.
+    #[serde(default = "one")]
+    pub grad_accum: usize,
+    #[serde(default)]
+    pub optim: OptimConfig,
+    #[serde(default)]
+    pub loss: LossConfig,
+    /// How the per-batch budget is sampled.
+    #[serde(default)]
+    pub budget: BudgetSchedule,
+    /// How the prefix/continuation split is sampled.
+    #[serde(default)]
+    pub split: SplitConfig,
+    #[serde(default)]
+    pub seed: u64,
+    /// `auto`, `cpu`, `cuda` or `cuda:N`.
+    #[serde(default = "auto")]
+    pub device: String,
+    /// `auto` (f32 on CPU, bf16 on CUDA), `f32`, `bf16` or `f16`.
+    #[serde(default = "auto")]
+    pub dtype: String,
+    /// Held-out evaluation.
+    #[serde(default)]
+    pub eval: EvalConfig,
+    /// Save a checkpoint every this many steps (0: only at the end).
+    #[serde(default)]
+    pub save_every: usize,
+}
+
+fn one() -> usize {
+    1
+}
+fn auto() -> String {
+    "auto".into()
+}
+
+/// Where the model comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// `"scratch"`, or a path to an HF checkpoint directory or a `.gguf` file.
+    pub source: String,
+    /// Architecture of a from-scratch model (required for `scratch`, refused otherwise).
+    /// `vocab_size` is also the size of the byte-level BPE tokenizer trained on the corpus.
+    #[serde(default)]
+    pub config: Option<LlamaConfig>,
+    /// Tokenizer training for `scratch`.
+    #[serde(default)]
+    pub tokenizer: TokenizerConfig,
+}
+
+/// Byte-level BPE training for from-scratch models.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenizerConfig {
+    /// Minimum pair frequency for a merge.
+    pub min_frequency: u64,
+    /// Characters of training text used to learn the merges (from the start of each corpus).
+    pub max_chars: usize,
+}
+
+impl Default for TokenizerConfig {
+    fn default() -> Self {
+        TokenizerConfig {
+            min_frequency: 2,
+            max_chars: 4_000_000,
+        }
+    }
+}
+
+/// A registered masking policy by name, with its parameter table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+impl Default for PolicyConfig {
+    fn default() -> Self {
+        PolicyConfig {
+            name: "none".into(),
+            params: toml::Table::new(),
+        }
+    }
+}
+
+/// Training data: corpora plus optional synthetic retrieval sequences.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataConfig {
+    /// Corpus names (`shakespeare`, `hotpotqa`, `essays`, resolved under `assets`) or paths to
+    /// `.txt` files, directories of `.txt`/`.md` files, or `.jsonl` files (field `text`, or
+    /// kvpress columns `context` + `question` + `answer`).
+    pub corpora: Vec<String>,
+    /// Root of the fetched assets.
+    #[serde(default = "default_assets")]
+    pub assets: PathBuf,
+    /// Fraction of each corpus's tokens (its tail) held out for evaluation.
+    #[serde(default = "default_heldout")]
+    pub heldout_fraction: f64,
+    /// Where tokenized data is cached (default: `<out>/data-cache`).
+    #[serde(default)]
+    pub cache_dir: Option<PathBuf>,
+    /// Fraction of training sequences replaced by synthetic retrieval sequences.
+    #[serde(default)]
+    pub synthetic_fraction: f64,
+}
+
+fn default_assets() -> PathBuf {
+    PathBuf::from("assets")
+}
+fn default_heldout() -> f64 {
+    0.02
+}
+
+/// AdamW with linear warmup and cosine decay.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptimConfig {
+    pub lr: f64,
+    /// The cosine decays to `lr · min_lr_ratio`.
+    pub min_lr_ratio: f64,
+    pub warmup: usize,
+    pub weight_decay: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Global gradient-norm clip (0: off).
+    pub clip: f64,
+}
+
+impl Default for OptimConfig {
+    fn default() -> Self {
+        OptimConfig {
+            lr: 1e-3,
+            min_lr_ratio: 0.1,
+            warmup: 20,
+            weight_decay: 0.1,
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-8,
+            clip: 1.0,
+        }
+    }
+}
+
+/// Where the distillation teacher comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TeacherChoice {
+    /// The model being trained, unmasked, under stop-gradient.
+    #[default]
+    Current,
+    /// A frozen copy of the starting checkpoint.
+    Frozen,
+}
+
+/// Loss weights: `w_mask`·NTP(continuation | masked) + `w_kd`·KL(teacher ‖ masked student)
+/// + `w_full`·NTP(sequence | unmasked).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LossConfig {
+    pub w_mask: f64,
+    pub w_kd: f64,
+    pub w_full: f64,
+    /// Softmax temperature of the distillation term.
+    pub kd_temperature: f64,
+    pub teacher: TeacherChoice,
+}
+
+impl Default for LossConfig {
+    fn default() -> Self {
+        LossConfig {
+            w_mask: 1.0,
+            w_kd: 0.0,
+            w_full: 1.0,
+            kd_temperature: 1.0,
+            teacher: TeacherChoice::Current,
+        }
+    }
+}
+
+/// The per-batch budget distribution.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum BudgetSchedule {
+    /// Uniformly one of `values` (fractions like `0.25`, or slot counts like `64`).
+    Fixed { values: Vec<Budget> },
+    /// A kept fraction uniform in `[min, max]`.
+    Uniform { min: f64, max: f64 },
+    /// A kept fraction log-uniform in `[min, max]`.
+    LogUniform { min: f64, max: f64 },
+}
+
+impl Default for BudgetSchedule {
+    fn default() -> Self {
+        BudgetSchedule::LogUniform { min: 0.1, max: 1.0 }
+    }
+}
+
+/// The prefix length `P` is uniform over `[min_prefix, max_prefix]` tokens; unset bounds
+/// default to `T/4` and `3T/4`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SplitConfig {
+    pub min_prefix: Option<i64>,
+    pub max_prefix: Option<i64>,
+}
+
+/// Held-out evaluation.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate every this many steps (0: only before and after training).
+    pub every: usize,
+    /// Held-out sequences per evaluation (the first ones, always the same).
+    pub sequences: usize,
+    /// Budget of the masked held-out loss (a fraction or slot count), or none.
+    pub budget: Option<Budget>,
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig {
+            every: 0,
+            sequences: 32,
+            budget: Some(Budget::Fraction(0.25)),
+        }
+    }
+}
+
+impl SplitConfig {
+    /// The resolved `(min, max)` prefix range for sequences of `seq_len` tokens.
+    pub fn range(&self, seq_len: i64) -> (i64, i64) {
+        (
+            self.min_prefix.unwrap_or((seq_len / 4).max(1)),
+            self.max_prefix.unwrap_or((3 * seq_len / 4).max(1)),
+        )
+    }
+}
+
+impl TrainConfig {
+    /// Reads a TOML file; unknown fields are errors naming the field.
+    pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        Self::from_toml_str(&text).with_context(|| format!("in {}", path.display()))
+    }
+
+    /// Parses TOML text and validates it.
+    pub fn from_toml_str(text: &str) -> anyhow::Result<Self> {
+        let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The TOML form of the resolved configuration.
+    pub fn to_toml(&self) -> anyhow::Result<String> {
+        toml::to_string_pretty(self).context("serialising the train config")
+    }
+
+    /// Checks every field that can be checked without touching data or the model;
+    /// errors name the field.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let t = self.seq_len;
+        ensure!(self.steps >= 1, "field `steps`: must be at least 1");
+        ensure!(
+            self.batch_size >= 1,
+            "field `batch_size`: must be at least 1, got {}",
+            self.batch_size
+        );
+        ensure!(t >= 2, "field `seq_len`: must be at least 2, got {t}");
+        ensure!(
+            self.grad_accum >= 1,
+            "field `grad_accum`: must be at least 1"
+        );
+        match (self.model.source.as_str(), &self.model.config) {
+            ("scratch", None) => bail!("field `model.config`: required when `model.source = \"scratch\"`"),
+            ("scratch", Some(c)) => {
+                c.validate("train config [model.config]")?;
+                ensure!(
+                    c.vocab_size >= 260,
+                    "field `model.config.vocab_size`: a byte-level BPE needs at least 260 entries, got {}",
+                    c.vocab_size
+                );
+                ensure!(
+                    c.max_position_embeddings >= t,
+                    "field `model.config.max_position_embeddings` = {} is below `seq_len` = {t}",
+                    c.max_position_embeddings
+                );
+            }
+            (_, Some(_)) => bail!(
+                "field `model.config`: only allowed with `model.source = \"scratch\"` (the checkpoint at `{}` has its own config)",
+                self.model.source
+            ),
+            (src, None) => ensure!(
+                Path::new(src).exists(),
+                "field `model.source`: `{src}` does not exist (expected \"scratch\", an HF directory or a .gguf file)"
+            ),
+        }
+        let (lo, hi) = self.split.range(t);
+        ensure!(
+            lo >= 1,
+            "field `split.min_prefix`: must be at least 1, got {lo}"
+        );
+        ensure!(
+            hi < t,
+            "field `split.max_prefix`: the prefix ({hi}) must be shorter than `seq_len` = {t} so the continuation is not empty"
+        );
+        ensure!(
+            lo <= hi,
+            "field `split`: min_prefix {lo} exceeds max_prefix {hi}"
+        );
+        match &self.budget {
+            BudgetSchedule::Fixed { values } => {
+                ensure!(
+                    !values.is_empty(),
+                    "field `budget.values`: must not be empty"
+                );
+                for (i, b) in values.iter().enumerate() {
+                    check_budget(b, lo, &format!("budget.values[{i}]"))?;
+                }
+            }
+            BudgetSchedule::Uniform { min, max } | BudgetSchedule::LogUniform { min, max } => {
+                for (f, v) in [("budget.min", *min), ("budget.max", *max)] {
+                    ensure!(
+                        v.is_finite() && v > 0.0 && v <= 1.0,
+                        "field `{f}`: a kept fraction must lie in (0, 1], got {v}"
+                    );
+                }
+                ensure!(min <= max, "field `budget`: min {min} exceeds max {max}");
+            }
+        }
+        if let Some(b) = &self.eval.budget {
+            check_budget(b, lo, "eval.budget")?;
+        }
+        let l = &self.loss;
+        for (f, v) in [
+            ("loss.w_mask", l.w_mask),
+            ("loss.w_kd", l.w_kd),
+            ("loss.w_full", l.w_full),
+        ] {
+            ensure!(
+                v.is_finite() && v >= 0.0,
+                "field `{f}`: must be a finite weight >= 0, got {v}"
+            );
+        }
+        ensure!(
+            l.w_mask + l.w_kd + l.w_full > 0.0,
+            "field `loss`: at least one of w_mask, w_kd, w_full must be positive"
+        );
+        ensure!(
+            l.kd_temperature > 0.0 && l.kd_temperature.is_finite(),
+            "field `loss.kd_temperature`: must be > 0"
+        );
+        let o = &self.optim;
+        ensure!(
+            o.lr > 0.0 && o.lr.is_finite(),
+            "field `optim.lr`: must be > 0, got {}",
+            o.lr
+        );
+        ensure!(
+            (0.0..=1.0).contains(&o.min_lr_ratio),
+            "field `optim.min_lr_ratio`: must lie in [0, 1]"
+        );
+        ensure!(
+            (0.0..1.0).contains(&o.beta1),
+            "field `optim.beta1`: must lie in [0, 1)"
+        );
+        ensure!(
+            (0.0..1.0).contains(&o.beta2),
+            "field `optim.beta2`: must lie in [0, 1)"
+        );
+        ensure!(o.eps > 0.0, "field `optim.eps`: must be > 0");
+        ensure!(
+            o.weight_decay >= 0.0,
+            "field `optim.weight_decay`: must be >= 0"
+        );
+        ensure!(
+            o.clip >= 0.0,
+            "field `optim.clip`: must be >= 0 (0 turns clipping off)"
+        );
+        let d = &self.data;
+        ensure!(
+            !d.corpora.is_empty(),
+            "field `data.corpora`: name at least one corpus or path"
+        );
+        ensure!(
+            (0.0..0.5).contains(&d.heldout_fraction),
+            "field `data.heldout_fraction`: must lie in [0, 0.5), got {}",
+            d.heldout_fraction
+        );
+        ensure!(
+            (0.0..=1.0).contains(&d.synthetic_fraction),
+            "field `data.synthetic_fraction`: must lie in [0, 1], got {}",
+            d.synthetic_fraction
+        );
+        kvcat_core::device::parse_dtype(&self.dtype).context("field `dtype`")?;
+        self.device
+            .parse::<kvcat_core::device::DeviceChoice>()
+            .context("field `device`")?;
+        kvcat_core::registry::get::<kvcat_core::PolicyDescriptor>(&self.policy.name)
+            .context("field `policy.name`")?;
+        Ok(())
+    }
+
+    /// A hex SHA-256 over a canonical (key-sorted JSON) serialisation of the whole config:
+    /// equal configs hash equal whatever the field order of their TOML.
+    pub fn content_hash(&self) -> String {
+        let value = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        let mut text = String::new();
+        canonical_json(&value, &mut text);
+        let digest = Sha256::digest(text.as_bytes());
+        digest.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+fn check_budget(b: &Budget, min_prefix: i64, field: &str) -> anyhow::Result<()> {
+    match *b {
+        Budget::Fraction(f) => ensure!(
+            f.is_finite() && f > 0.0 && f <= 1.0,
+            "field `{field}`: a kept fraction must lie in (0, 1], got {f}"
+        ),
+        Budget::Slots(n) => {
+            ensure!(
+                n >= 1,
+                "field `{field}`: a slot budget must be at least 1, got {n}"
+            );
+            ensure!(
+                n <= min_prefix,
+                "field `{field}`: {n} slots exceeds the shortest prefix (`split.min_prefix` = {min_prefix})"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `v` as JSON with object keys sorted at every level.
+fn canonical_json(v: &serde_json::Value, out: &mut String) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&serde_json::Value::String((*k).clone()).to_string());
+                out.push(':');
+                canonical_json(&map[*k], out);
+            }
+            out.push('}');
+        }
+        serde_json::Value::Array(a) => {
+            out.push('[');
+            for (i, x) in a.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                canonical_json(x, out);
+            }
+            out.push(']');
+        }
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+impl Default for TrainConfig {
+    /// A tiny from-scratch CPU run on Shakespeare (4 layers, d 128, T 128).
+    fn default() -> Self {
+        TrainConfig {
+            model: ModelConfig {
+                source: "scratch".into(),
+                config: Some(LlamaConfig {
+                    vocab_size: 1024,
+                    hidden_size: 128,
+                    intermediate_size: 384,
+                    num_hidden_layers: 4,
+                    num_attention_heads: 4,
+                    num_key_value_heads: 2,
+                    head_dim: 32,
+                    rms_norm_eps: 1e-5,
+                    rope_theta: 10_000.0,
+                    max_position_embeddings: 1024,
+                    tie_word_embeddings: true,
+                    bos_token_id: None,
+                    eos_token_ids: vec![],
+                }),
+                tokenizer: TokenizerConfig::default(),
+            },
+            policy: PolicyConfig::default(),
+            data: DataConfig {
+                corpora: vec!["shakespeare".into()],
+                assets: default_assets(),
+                heldout_fraction: default_heldout(),
+                cache_dir: None,
+                synthetic_fraction: 0.0,
+            },
+            steps: 200,
+            batch_size: 8,
+            seq_len: 128,
+            grad_accum: 1,
+            optim: OptimConfig::default(),
+            loss: LossConfig::default(),
+            budget: BudgetSchedule::default(),
+            split: SplitConfig::default(),
+            seed: 0,
+            device: "cpu".into(),
+            dtype: "auto".into(),
+            eval: EvalConfig::default(),
+            save_every: 0,
+        }
+    }
+}

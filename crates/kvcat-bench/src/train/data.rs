@@ -1,0 +1,205 @@
+//! Tokenized, cached, packed training data.
+//!
+//! Each corpus is tokenized once (documents joined by the end-of-text id), its tail
+//! (`heldout_fraction` of its tokens) held out, and the streams cached as little-endian `u32`
+//! files keyed by a hash of the tokenizer and the corpus files. Training sequences are the
+//! non-overlapping `seq_len` windows of the training stream; a batch draws windows uniformly
+//! with the `(seed, step, micro)` generator, optionally replacing rows by synthetic retrieval
+//! sequences.
+
+use super::config::TrainConfig;
+use super::corpus;
+use super::schedule::{step_rng, Stream};
+use super::synthetic;
+use anyhow::{bail, Context};
+use kvcat_core::Tokenizer;
+use rand::Rng;
+use sha2::{Digest, Sha256};
+use std::path::Path;
+use tch::{Device, Tensor};
+
+/// Synthetic sequences generated per run (drawn from uniformly).
+const SYNTHETIC_POOL: usize = 256;
+
+/// The packed token streams of a run.
+pub struct TrainData {
+    pub train: Vec<u32>,
+    pub heldout: Vec<u32>,
+    pub synthetic: Vec<Vec<i64>>,
+    pub seq_len: i64,
+    pub batch_size: i64,
+    pub synthetic_fraction: f64,
+    pub seed: u64,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn write_u32(path: &Path, ids: &[u32]) -> anyhow::Result<()> {
+    let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
+    kvcat_core::loading::write_atomic(path, &bytes)?;
+    Ok(())
+}
+
+fn read_u32(path: &Path) -> anyhow::Result<Vec<u32>> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    if bytes.len() % 4 != 0 {
+        bail!("{}: truncated token cache", path.display());
+    }
+    Ok(bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
+}
+
+/// All documents of the configured corpora, per corpus.
+pub fn load_documents(cfg: &TrainConfig) -> anyhow::Result<Vec<Vec<String>>> {
+    cfg.data
+        .corpora
+        .iter()
+        .enumerate()
+        .map(|(i, spec)| {
+            let src = corpus::resolve(spec, &cfg.data.assets, i)?;
+            corpus::documents(&src).with_context(|| format!("field `data.corpora[{i}]`"))
+        })
+        .collect()
+}
+
+impl TrainData {
+    /// Tokenizes (or reads from `cache_dir`) the corpora of `cfg` with `tok`, separating
+    /// documents by `eos` when given.
+    pub fn prepare(
+        cfg: &TrainConfig,
+        tok: &Tokenizer,
+        eos: Option<i64>,
+        cache_dir: &Path,
+    ) -> anyhow::Result<TrainData> {
+        let mut hasher = Sha256::new();
+        let tok_json = tok
+            .inner
+            .to_string(false)
+            .map_err(|e| anyhow::anyhow!("serialising the tokenizer: {e}"))?;
+        hasher.update(tok_json.as_bytes());
+        hasher.update(format!(
+            "eos={eos:?};heldout={};",
+            cfg.data.heldout_fraction
+        ));
+        let sources: Vec<_> = cfg
+            .data
+            .corpora
+            .iter()
+            .enumerate()
+            .map(|(i, s)| corpus::resolve(s, &cfg.data.assets, i))
+            .collect::<anyhow::Result<_>>()?;
+        for s in &sources {
+            hasher.update(corpus::fingerprint(s)?.as_bytes());
+        }
+        let key = &hex(&hasher.finalize())[..16];
+        let train_path = cache_dir.join(format!("tokens-{key}.train.u32"));
+        let held_path = cache_dir.join(format!("tokens-{key}.heldout.u32"));
+        let (train, heldout) = if train_path.exists() && held_path.exists() {
+            (read_u32(&train_path)?, read_u32(&held_path)?)
+        } else {
+            std::fs::create_dir_all(cache_dir)
+                .with_context(|| format!("creating {}", cache_dir.display()))?;
+            let mut train = Vec::new();
+            let mut heldout = Vec::new();
+            for (i, src) in sources.iter().enumerate() {
+                let docs =
+                    corpus::documents(src).with_context(|| format!("field `data.corpora[{i}]`"))?;
+                let mut stream: Vec<u32> = Vec::new();
+                for d in &docs {
+                    stream.extend(tok.encode(d)?.into_iter().map(|x| x as u32));
+                    if let Some(e) = eos {
+                        stream.push(e as u32);
+                    }
+                }
+                if stream.is_empty() {
+                    bail!(
+                        "field `data.corpora[{i}]`: corpus `{}` tokenizes to nothing",
+                        src.name
+                    );
+                }
+                let cut = stream.len() - (stream.len() as f64 * cfg.data.heldout_fraction) as usize;
+                heldout.extend_from_slice(&stream[cut..]);
+                train.extend_from_slice(&stream[..cut]);
+            }
+            write_u32(&train_path, &train)?;
+            write_u32(&held_path, &heldout)?;
+            (train, heldout)
+        };
+        let t = cfg.seq_len as usize;
+        if train.len() < t {
+            bail!(
+                "field `data.corpora`: only {} training tokens, fewer than one sequence of `seq_len` = {t}",
+                train.len()
+            );
+        }
+        let synthetic = if cfg.data.synthetic_fraction > 0.0 {
+            (0..SYNTHETIC_POOL)
+                .map(|i| synthetic::kv_recall(tok, t, cfg.seed.wrapping_add(i as u64)))
+                .collect::<anyhow::Result<_>>()?
+        } else {
+            Vec::new()
+        };
+        Ok(TrainData {
+            train,
+            heldout,
+            synthetic,
+            seq_len: cfg.seq_len,
+            batch_size: cfg.batch_size,
+            synthetic_fraction: cfg.data.synthetic_fraction,
+            seed: cfg.seed,
+        })
+    }
+
+    /// Number of packed training windows.
+    pub fn windows(&self) -> usize {
+        self.train.len() / self.seq_len as usize
+    }
+
+    /// The micro-batch of `(step, micro)`: `[batch_size, seq_len]` int64 on `device`.
+    pub fn batch(&self, step: usize, micro: usize, device: Device) -> Tensor {
+        let mut rng = step_rng(self.seed, step, micro, Stream::Data);
+        let t = self.seq_len as usize;
+        let n = self.windows();
+        let mut rows: Vec<i64> = Vec::with_capacity(self.batch_size as usize * t);
+        for _ in 0..self.batch_size {
+            let synth = !self.synthetic.is_empty() && rng.random::<f64>() < self.synthetic_fraction;
+            if synth {
+                let s = &self.synthetic[rng.random_range(0..self.synthetic.len())];
+                rows.extend_from_slice(s);
+            } else {
+                let w = rng.random_range(0..n);
+                rows.extend(self.train[w * t..(w + 1) * t].iter().map(|&x| x as i64));
+            }
+        }
+        Tensor::from_slice(&rows)
+            .view([self.batch_size, self.seq_len])
+            .to_device(device)
+    }
+
+    /// The first `n` held-out windows (fewer if the held-out stream is short), in batches of
+    /// at most `batch_size`. Errors if there is not even one.
+    pub fn heldout_batches(&self, n: usize, device: Device) -> anyhow::Result<Vec<Tensor>> {
+        let t = self.seq_len as usize;
+        let avail = (self.heldout.len() / t).min(n);
+        if avail == 0 {
+            bail!(
+                "field `data.heldout_fraction`: the held-out split has {} tokens, fewer than one sequence of `seq_len` = {t}",
+                self.heldout.len()
+            );
+        }
+        let ids: Vec<i64> = self.heldout[..avail * t]
+            .iter()
+            .map(|&x| x as i64)
+            .collect();
+        let all = Tensor::from_slice(&ids).view([avail as i64, self.seq_len]);
+        Ok(all
+            .split(self.batch_size, 0)
+            .into_iter()
+            .map(|b| b.to_device(device))
+            .collect())
+    }
+}

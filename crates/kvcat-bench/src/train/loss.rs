@@ -1,0 +1,246 @@
+//! The KV-CAT training loss for one micro-batch:
+//!
+//! `w_mask · NTP(continuation | masked) + w_kd · KL(teacher ‖ masked student) on the
+//! continuation + w_full · NTP(sequence | unmasked) + policy regulariser`.
+//!
+//! The masked pass runs all `T` tokens in one forward with a per-layer attention bias
+//! ([`kvcat_core::MaskPlan::layer_bias`]): prefix queries attend causally to the full prefix
+//! (as in prefill), continuation queries only to the kept prefix slots plus the causal
+//! continuation — exactly what a compressed cache shows them at inference. The continuation
+//! NTP predicts tokens `P..T` from positions `P−1..T−1` (position `P−1` is the last prefill
+//! position, as in compressed-prefix perplexity).
+//!
+//! The teacher pass (unmasked, no gradient) supplies the policy's captures and, for
+//! `teacher = "current"`, the distillation targets. When `w_full > 0` with the current model as
+//! teacher, the unmasked pass with gradient doubles as the teacher pass (its outputs detached).
+
+use super::config::{LossConfig, TeacherChoice};
+use kvcat_core::model::{ForwardOptions, ForwardOutput, Logits};
+use kvcat_core::{Error, KvCache, LayerCache, Llama, MaskPlan, MaskingPolicy, PolicyInput, Result};
+use rand::rngs::StdRng;
+use tch::{Kind, Reduction, Tensor};
+
+/// The loss of one micro-batch: the differentiable total and each term's value.
+pub struct LossTerms {
+    /// The weighted sum (scalar f32, with gradient).
+    pub total: Tensor,
+    /// NTP of the continuation under the mask (nats/token), when computed.
+    pub mask: Option<f64>,
+    /// KL(teacher ‖ masked student) on the continuation (nats/token), when computed.
+    pub kd: Option<f64>,
+    /// NTP of the whole sequence unmasked (nats/token), when computed.
+    pub full: Option<f64>,
+    /// The policy's regulariser, when it has one.
+    pub reg: Option<f64>,
+    pub prefix_len: i64,
+    /// Kept prefix slots per layer and KV head.
+    pub kept: i64,
+}
+
+/// Mean cross-entropy of predicting `tokens[:, from..T]` from `logits[:, from−1..T−1]`.
+/// `logits` `[b, T, V]`, `tokens` `[b, T]`; `1 ≤ from < T`.
+pub fn ntp(logits: &Tensor, tokens: &Tensor, from: i64) -> Tensor {
+    let t = tokens.size()[1];
+    let v = logits.size()[2];
+    let pred = logits.narrow(1, from - 1, t - from).to_kind(Kind::Float);
+    let tgt = tokens.narrow(1, from, t - from).to_device(pred.device());
+    pred.reshape([-1, v]).cross_entropy_loss::<Tensor>(
+        &tgt.reshape([-1]),
+        None,
+        Reduction::Mean,
+        -100,
+        0.0,
+    )
+}
+
+/// Mean over positions `from−1..T−1` of `τ² · KL(softmax(teacher/τ) ‖ softmax(student/τ))`.
+pub fn kl_divergence(teacher: &Tensor, student: &Tensor, from: i64, tau: f64) -> Tensor {
+    let t = student.size()[1];
+    let v = student.size()[2];
+    let pick =
+        |x: &Tensor| (x.narrow(1, from - 1, t - from).to_kind(Kind::Float) / tau).reshape([-1, v]);
+    let lt = pick(teacher).log_softmax(-1, Kind::Float);
+    let ls = pick(student).log_softmax(-1, Kind::Float);
+    let kl = (lt.exp() * (&lt - ls)).sum_dim_intlist(-1, false, Kind::Float);
+    kl.mean(Kind::Float) * (tau * tau)
+}
+
+/// Logits `[b, T, V]` of `tokens` `[b, T]` under a policy's plan (one forward, layer bias).
+pub fn masked_logits(model: &Llama, tokens: &Tensor, plan: &MaskPlan) -> Result<Tensor> {
+    let t = tokens.size()[1];
+    let bias = plan.layer_bias(t, model.kind())?;
+    let out = model.forward_with(
+        tokens,
+        &mut KvCache::new(),
+        &ForwardOptions {
+            layer_bias: Some(&bias),
+            ..Default::default()
+        },
+    )?;
+    out.logits
+        .ok_or_else(|| Error::invalid("masked forward computed no logits"))
+}
+
+/// Checks a plan against the model and batch: one `[b, kv_heads, P]` bool mask per layer.
+pub fn check_plan(model: &Llama, plan: &MaskPlan, b: i64, p: i64, policy: &str) -> Result<()> {
+    let cfg = &model.config;
+    let want = [b, cfg.num_key_value_heads, p];
+    if plan.prefix_len != p || plan.keep.len() != cfg.num_hidden_layers as usize {
+        return Err(Error::invalid(format!(
+            "policy `{policy}` returned a plan for prefix {} with {} layers; expected prefix {p}, {} layers",
+            plan.prefix_len,
+            plan.keep.len(),
+            cfg.num_hidden_layers
+        )));
+    }
+    for (l, m) in plan.keep.iter().enumerate() {
+        if m.size() != want || m.kind() != Kind::Bool {
+            return Err(Error::invalid(format!(
+                "policy `{policy}`: layer {l} mask has shape {:?} ({:?}), expected {want:?} bool",
+                m.size(),
+                m.kind()
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn detach_output(out: &ForwardOutput) -> ForwardOutput {
+    let d = |v: &[Tensor]| v.iter().map(Tensor::detach).collect();
+    ForwardOutput {
+        logits: out.logits.as_ref().map(Tensor::detach),
+        queries: d(&out.queries),
+        attention: d(&out.attention),
+        hidden: d(&out.hidden),
+    }
+}
+
+fn detach_cache(cache: &KvCache) -> KvCache {
+    KvCache {
+        layers: cache
+            .layers
+            .iter()
+            .map(|l| LayerCache {
+                k: l.k.detach(),
+                v: l.v.detach(),
+                positions: l.positions.shallow_clone(),
+                keep: l.keep.as_ref().map(Tensor::shallow_clone),
+                bias: l.bias.as_ref().map(Tensor::detach),
+            })
+            .collect(),
+        seq_len: cache.seq_len,
+    }
+}
+
+/// Computes the loss of one micro-batch `tokens` `[b, T]` with prefix length `prefix_len` and
+/// `kept` prefix slots per head. `frozen` is the frozen starting model when
+/// `loss.teacher = "frozen"`.
+#[allow(clippy::too_many_arguments)]
+pub fn batch_loss(
+    model: &Llama,
+    frozen: Option<&Llama>,
+    policy: &mut dyn MaskingPolicy,
+    tokens: &Tensor,
+    prefix_len: i64,
+    kept: i64,
+    loss: &LossConfig,
+    rng: &mut StdRng,
+) -> Result<LossTerms> {
+    let (b, t) = (tokens.size()[0], tokens.size()[1]);
+    let p = prefix_len;
+    let needs = policy.needs();
+    let caps = |logits: Logits| ForwardOptions {
+        capture_queries: needs.queries,
+        capture_attention: needs.attention,
+        capture_hidden: needs.hidden,
+        logits,
+        ..Default::default()
+    };
+    let want_kd = loss.w_kd > 0.0;
+    let frozen = match (loss.teacher, frozen) {
+        (TeacherChoice::Frozen, Some(f)) => Some(f),
+        (TeacherChoice::Frozen, None) if want_kd => {
+            return Err(Error::invalid(
+                "loss.teacher = \"frozen\" but no frozen teacher was given",
+            ))
+        }
+        _ => None,
+    };
+    let mut full_logits: Option<Tensor> = None;
+    let (teacher, teacher_cache) = if loss.w_full > 0.0 && frozen.is_none() {
+        let mut cache = KvCache::new();
+        let out = model.forward_with(tokens, &mut cache, &caps(Logits::All))?;
+        full_logits = out.logits.as_ref().map(Tensor::shallow_clone);
+        (detach_output(&out), detach_cache(&cache))
+    } else {
+        let _g = tch::no_grad_guard();
+        let mut cache = KvCache::new();
+        let logits = if want_kd && frozen.is_none() {
+            Logits::All
+        } else {
+            Logits::None
+        };
+        let out = model.forward_with(tokens, &mut cache, &caps(logits))?;
+        (out, cache)
+    };
+    if loss.w_full > 0.0 && full_logits.is_none() {
+        full_logits = Some(model.forward(tokens, &mut KvCache::new())?);
+    }
+    let teacher_logits = match frozen {
+        Some(f) if want_kd => Some(tch::no_grad(|| f.forward(tokens, &mut KvCache::new()))?),
+        _ => teacher.logits.as_ref().map(Tensor::shallow_clone),
+    };
+    let plan = policy.plan(
+        &PolicyInput {
+            model,
+            tokens,
+            prefix_len: p,
+            kept,
+            teacher: &teacher,
+            cache: &teacher_cache,
+        },
+        rng,
+    )?;
+    check_plan(model, &plan, b, p, policy.name())?;
+
+    let device = model.device();
+    let mut total = Tensor::zeros([], (Kind::Float, device));
+    let mut terms = LossTerms {
+        total: Tensor::zeros([], (Kind::Float, device)),
+        mask: None,
+        kd: None,
+        full: None,
+        reg: None,
+        prefix_len: p,
+        kept: plan.kept,
+    };
+    if loss.w_mask > 0.0 || want_kd {
+        let identity = plan.soft_bias.is_none() && plan.kept >= p;
+        let student = match (&full_logits, identity) {
+            (Some(f), true) => f.shallow_clone(),
+            _ => masked_logits(model, tokens, &plan)?,
+        };
+        let m = ntp(&student, tokens, p);
+        terms.mask = Some(m.double_value(&[]));
+        if loss.w_mask > 0.0 {
+            total = total + m * loss.w_mask;
+        }
+        if let Some(tl) = &teacher_logits {
+            let kd = kl_divergence(tl, &student, p, loss.kd_temperature);
+            terms.kd = Some(kd.double_value(&[]));
+            total = total + kd * loss.w_kd;
+        }
+    }
+    if let Some(f) = &full_logits {
+        let full = ntp(f, tokens, 1);
+        terms.full = Some(full.double_value(&[]));
+        total = total + full * loss.w_full;
+    }
+    if let Some(r) = policy.regularizer() {
+        terms.reg = Some(r.double_value(&[]));
+        total = total + r.to_kind(Kind::Float);
+    }
+    let _ = t;
+    terms.total = total;
+    Ok(terms)
+}

@@ -1,0 +1,179 @@
+//! AdamW (Loshchilov & Hutter, 2019) over named variables, written out so that its state
+//! (moments, f32 master weights, step) saves and loads as safetensors for bit-for-bit resume.
+//!
+//! Parameters held in a low-precision dtype (bf16 on CUDA) get an f32 master copy: the update
+//! happens in f32 and is cast back. Weight decay applies to tensors of rank ≥ 2 only (not to
+//! norm gains or biases).
+
+use super::config::OptimConfig;
+use anyhow::{bail, Context};
+use std::collections::HashMap;
+use std::path::Path;
+use tch::{Kind, Tensor};
+
+/// One optimised tensor.
+struct Slot {
+    name: String,
+    param: Tensor,
+    master: Option<Tensor>,
+    m: Tensor,
+    v: Tensor,
+    decay: bool,
+}
+
+/// AdamW with decoupled weight decay.
+pub struct AdamW {
+    slots: Vec<Slot>,
+    cfg: OptimConfig,
+    /// Completed optimiser steps.
+    pub step: i64,
+}
+
+impl AdamW {
+    /// Optimises `vars` (name → trainable tensor), in name order.
+    pub fn new(mut vars: Vec<(String, Tensor)>, cfg: &OptimConfig) -> Self {
+        vars.sort_by(|a, b| a.0.cmp(&b.0));
+        let slots = vars
+            .into_iter()
+            .map(|(name, param)| {
+                let master = (param.kind() != Kind::Float)
+                    .then(|| param.detach().to_kind(Kind::Float).copy());
+                let opts = (Kind::Float, param.device());
+                Slot {
+                    m: Tensor::zeros(param.size(), opts),
+                    v: Tensor::zeros(param.size(), opts),
+                    decay: param.dim() >= 2,
+                    name,
+                    param,
+                    master,
+                }
+            })
+            .collect();
+        AdamW {
+            slots,
+            cfg: cfg.clone(),
+            step: 0,
+        }
+    }
+
+    /// Clears every gradient.
+    pub fn zero_grad(&mut self) {
+        for s in &mut self.slots {
+            s.param.zero_grad();
+        }
+    }
+
+    /// The global gradient L2 norm; when `max > 0` and it exceeds `max`, scales the gradients
+    /// down to norm `max`. Returns the norm before clipping.
+    pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
+        let _g = tch::no_grad_guard();
+        let mut sq = 0.0;
+        for s in &self.slots {
+            let g = s.param.grad();
+            if g.defined() {
+                sq += g
+                    .to_kind(Kind::Double)
+                    .pow_tensor_scalar(2)
+                    .sum(Kind::Double)
+                    .double_value(&[]);
+            }
+        }
+        let norm = sq.sqrt();
+        if max > 0.0 && norm > max {
+            let scale = max / (norm + 1e-6);
+            for s in &self.slots {
+                let mut g = s.param.grad();
+                if g.defined() {
+                    let _ = g.g_mul_scalar_(scale);
+                }
+            }
+        }
+        norm
+    }
+
+    /// One update at learning rate `lr`.
+    pub fn step(&mut self, lr: f64) {
+        let _g = tch::no_grad_guard();
+        self.step += 1;
+        let c = &self.cfg;
+        let bc1 = 1.0 - c.beta1.powi(self.step as i32);
+        let bc2 = 1.0 - c.beta2.powi(self.step as i32);
+        for s in &mut self.slots {
+            let g = s.param.grad();
+            if !g.defined() {
+                continue;
+            }
+            let g = g.to_kind(Kind::Float);
+            let _ = s.m.g_mul_scalar_(c.beta1);
+            let _ = s.m.g_add_(&(&g * (1.0 - c.beta1)));
+            let _ = s.v.g_mul_scalar_(c.beta2);
+            let _ = s.v.g_add_(&(g.pow_tensor_scalar(2) * (1.0 - c.beta2)));
+            let denom = (&s.v / bc2).sqrt() + c.eps;
+            let update = (&s.m / bc1) / denom;
+            let w = match &mut s.master {
+                Some(m) => m,
+                None => &mut s.param,
+            };
+            if s.decay && c.weight_decay > 0.0 {
+                let _ = w.g_mul_scalar_(1.0 - lr * c.weight_decay);
+            }
+            let _ = w.g_add_(&(update * (-lr)));
+            if let Some(m) = &s.master {
+                s.param.copy_(&m.to_kind(s.param.kind()));
+            }
+        }
+    }
+
+    /// Saves moments, master weights and the step count as safetensors.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let mut named: Vec<(String, Tensor)> =
+            vec![("step".into(), Tensor::from_slice(&[self.step]))];
+        for s in &self.slots {
+            named.push((format!("m.{}", s.name), s.m.to_device(tch::Device::Cpu)));
+            named.push((format!("v.{}", s.name), s.v.to_device(tch::Device::Cpu)));
+            if let Some(w) = &s.master {
+                named.push((format!("master.{}", s.name), w.to_device(tch::Device::Cpu)));
+            }
+        }
+        let tmp = path.with_extension("safetensors.tmp");
+        Tensor::write_safetensors(&named, &tmp)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        Ok(())
+    }
+
+    /// Restores the state written by [`AdamW::save`]; every variable must be present.
+    pub fn load(&mut self, path: &Path) -> anyhow::Result<()> {
+        let file = path.display().to_string();
+        let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
+            .with_context(|| format!("reading optimizer state {file}"))?
+            .into_iter()
+            .collect();
+        let get = |name: &str| {
+            tensors
+                .get(name)
+                .with_context(|| format!("{file}: missing tensor `{name}`"))
+        };
+        let step = get("step")?.int64_value(&[0]);
+        let _g = tch::no_grad_guard();
+        for s in &mut self.slots {
+            for (key, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
+                let t = get(&format!("{key}.{}", s.name))?;
+                if t.size() != dst.size() {
+                    bail!(
+                        "{file}: tensor `{key}.{}` has shape {:?}, expected {:?}",
+                        s.name,
+                        t.size(),
+                        dst.size()
+                    );
+                }
+                dst.copy_(t);
+            }
+            if let Some(w) = &mut s.master {
+                w.copy_(get(&format!("master.{}", s.name))?);
+            }
+        }
+        self.step = step;
+        Ok(())
+    }
+}

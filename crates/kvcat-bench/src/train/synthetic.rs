@@ -1,0 +1,43 @@
+//! Synthetic key-value retrieval sequences, mixed into training so that tiny models learn to
+//! retrieve from their context at all (the skill KV compression then stresses).
+//!
+//! A sequence lists random records `key <id>: <value>.` and then asks for earlier ones,
+//! `recall <id>: <value>.`, repeatedly, until it fills `seq_len` tokens. With a prefix/
+//! continuation split, most queries in the continuation point into the prefix, so answering
+//! them needs the kept prefix slots. (A local generator: the evaluation `Task` registry was
+//! still being written when this was built.)
+
+use kvcat_core::Tokenizer;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// One synthetic sequence of exactly `seq_len` token ids, deterministic in `seed`.
+pub fn kv_recall(tok: &Tokenizer, seq_len: usize, seed: u64) -> anyhow::Result<Vec<i64>> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5157_4e54_4845_5449);
+    let mut records: Vec<(String, u32)> = Vec::new();
+    let mut text = String::from("Records:\n");
+    // Records fill about half of the sequence, queries the rest.
+    loop {
+        let key: String = (0..3)
+            .map(|_| (b'a' + rng.random_range(0..26u8)) as char)
+            .collect();
+        let value = rng.random_range(100..1000u32);
+        let line = format!("key {key}: {value}.\n");
+        text.push_str(&line);
+        records.push((key, value));
+        if tok.encode(&text)?.len() * 2 >= seq_len {
+            break;
+        }
+    }
+    text.push_str("Questions:\n");
+    let mut ids = tok.encode(&text)?;
+    while ids.len() < seq_len {
+        for _ in 0..8 {
+            let (k, v) = &records[rng.random_range(0..records.len())];
+            text.push_str(&format!("recall {k}: {v}.\n"));
+        }
+        ids = tok.encode(&text)?;
+    }
+    ids.truncate(seq_len);
+    Ok(ids)
+}
