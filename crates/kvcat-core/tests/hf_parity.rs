@@ -22,6 +22,15 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The token ids `[1, T]` and the reference logits `[T, vocab]` of a fixture.
 fn reference(name: &str) -> (Tensor, Tensor) {
+    let ids = reference_tensor(name, "ids");
+    (
+        ids.to_kind(Kind::Int64).view([1, -1]),
+        reference_tensor(name, "logits"),
+    )
+}
+
+/// One tensor of a fixture's `reference.safetensors`.
+fn reference_tensor(name: &str, key: &str) -> Tensor {
     let path = fixture(name).join("reference.safetensors");
     let tensors = Tensor::read_safetensors(&path).expect("read reference.safetensors");
     let get = |key: &str| {
@@ -31,7 +40,7 @@ fn reference(name: &str) -> (Tensor, Tensor) {
             .map(|(_, t)| t.shallow_clone())
             .unwrap_or_else(|| panic!("{}: no tensor `{key}`", path.display()))
     };
-    (get("ids").to_kind(Kind::Int64).view([1, -1]), get("logits"))
+    get(key)
 }
 
 fn load(name: &str) -> Model {
@@ -160,4 +169,149 @@ fn fixtures_are_sensitive_to_rope_theta() {
             "{name}: a 10× rope_theta changed logits by only {d:e}"
         );
     }
+}
+
+/// The explicit-softmax path (taken when attention probabilities are captured) computes the
+/// same logits, and its probabilities `[b, heads, t, slots + t]` match transformers' eager
+/// attention weights, in one pass and through the cache.
+#[test]
+fn captured_attention_matches_transformers() {
+    let _g = tch::no_grad_guard();
+    let opts = ForwardOptions {
+        capture_attention: true,
+        capture_queries: true,
+        ..Default::default()
+    };
+    for name in FIXTURES {
+        let model = load(name);
+        let (ids, want) = reference(name);
+        let want_attn = reference_tensor(name, "attentions"); // [layers, heads, T, T]
+        let t = ids.size()[1];
+        let heads = model.config.num_attention_heads;
+
+        let out = model
+            .forward_with(&ids, &mut KvCache::new(), &opts)
+            .unwrap();
+        let d = max_diff(&out.logits.unwrap().get(0), &want);
+        assert!(d < TOL, "{name}: capture path logits diff {d:e}");
+        assert_eq!(out.attention.len() as i64, model.config.num_hidden_layers);
+        assert_eq!(
+            out.queries[0].size(),
+            vec![1, heads, t, model.config.head_dim]
+        );
+        let attn = Tensor::stack(
+            &out.attention.iter().map(|a| a.get(0)).collect::<Vec<_>>(),
+            0,
+        );
+        let da = max_diff(&attn, &want_attn);
+        eprintln!("{name}: attention probabilities max-abs diff {da:e}");
+        assert!(da < 1e-5, "{name}: attention probabilities diff {da:e}");
+
+        // Incremental: prefill 15 tokens, then one at a time; each step's probabilities are
+        // the reference rows for those queries.
+        let mut cache = KvCache::new();
+        let mut start = 0;
+        for len in [15].into_iter().chain(std::iter::repeat(1)) {
+            if start >= t {
+                break;
+            }
+            let len = len.min(t - start);
+            let out = model
+                .forward_with(&ids.narrow(1, start, len), &mut cache, &opts)
+                .unwrap();
+            let d = max_diff(&out.logits.unwrap().get(0), &want.narrow(0, start, len));
+            assert!(
+                d < TOL,
+                "{name}: cached capture logits diff {d:e} at {start}"
+            );
+            for (l, a) in out.attention.iter().enumerate() {
+                let w = want_attn
+                    .get(l as i64)
+                    .narrow(1, start, len)
+                    .narrow(2, 0, start + len);
+                let da = max_diff(&a.get(0), &w);
+                assert!(
+                    da < 1e-5,
+                    "{name}: layer {l} attention diff {da:e} at {start}"
+                );
+            }
+            start += len;
+        }
+    }
+}
+
+/// An all-zero per-layer bias routes attention through the additive-mask path; it must
+/// change nothing.
+#[test]
+fn zero_layer_bias_matches_transformers() {
+    let _g = tch::no_grad_guard();
+    for name in FIXTURES {
+        let model = load(name);
+        let (ids, want) = reference(name);
+        let t = ids.size()[1];
+        let bias: Vec<Tensor> = (0..model.config.num_hidden_layers)
+            .map(|_| Tensor::zeros([1, 1, t, t], (Kind::Float, Device::Cpu)))
+            .collect();
+        let out = model
+            .forward_with(
+                &ids,
+                &mut KvCache::new(),
+                &ForwardOptions {
+                    layer_bias: Some(&bias),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+        let d = max_diff(&out.logits.unwrap().get(0), &want);
+        assert!(d < TOL, "{name}: zero layer_bias diff {d:e}");
+    }
+}
+
+/// Rows of a batch do not interact: a batch of the reference sequence and its reverse gives
+/// the reference logits in row 0 and the single-sequence logits of the reverse in row 1.
+#[test]
+fn batched_forward_matches_single_sequences() {
+    let _g = tch::no_grad_guard();
+    for name in FIXTURES {
+        let model = load(name);
+        let (ids, want) = reference(name);
+        let rev = ids.flip([1]);
+        let single_rev = model.forward(&rev, &mut KvCache::new()).unwrap();
+        let batch = Tensor::cat(&[&ids, &rev], 0);
+        let mut cache = KvCache::new();
+        let first = model.forward(&batch.narrow(1, 0, 20), &mut cache).unwrap();
+        let rest = model.forward(&batch.narrow(1, 20, 4), &mut cache).unwrap();
+        let got = Tensor::cat(&[first, rest], 1);
+        let d0 = max_diff(&got.get(0), &want);
+        let d1 = max_diff(&got.get(1), &single_rev.get(0));
+        assert!(d0 < TOL && d1 < TOL, "{name}: batched diffs {d0:e}, {d1:e}");
+    }
+}
+
+/// Loading in bf16 converts every weight (the network sees the new dtype) and stays close to
+/// the f32 reference: bf16 has 8 mantissa bits, so only a loose bound is meaningful.
+#[test]
+fn bf16_load_runs_in_bf16_and_stays_close() {
+    let _g = tch::no_grad_guard();
+    let name = "llama_gqa_tied";
+    let model = Model::load(&fixture(name), Device::Cpu, Kind::BFloat16).unwrap();
+    assert_eq!(model.kind(), Kind::BFloat16);
+    assert_eq!(
+        model.layers[1].self_attn.k_proj.weight.kind(),
+        Kind::BFloat16
+    );
+    let (ids, want) = reference(name);
+    let got = model.forward(&ids, &mut KvCache::new()).unwrap().get(0);
+    assert_eq!(got.kind(), Kind::BFloat16);
+    let got = got.to_kind(Kind::Float);
+    let d = max_diff(&got, &want);
+    let agree = got
+        .argmax(-1, false)
+        .eq_tensor(&want.argmax(-1, false))
+        .to_kind(Kind::Float)
+        .mean(Kind::Float)
+        .double_value(&[]);
+    eprintln!("{name}: bf16 max-abs diff {d:e}, argmax agreement {agree}");
+    assert!(d < 0.5, "bf16 logits diff {d}");
+    assert!(agree >= 0.9, "bf16 argmax agreement {agree}");
 }
