@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One measured value. Field order is the CSV column order; keep it stable.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ResultRow {
     /// Identifier of the run (bench output directory or eval invocation).
     pub run_id: String,
@@ -43,6 +43,13 @@ pub struct ResultRow {
     pub git_rev: String,
 }
 
+impl ResultRow {
+    /// An empty row (used to derive the CSV header).
+    pub fn example() -> ResultRow {
+        ResultRow::default()
+    }
+}
+
 /// The git revision of the working tree (`git describe --always --dirty`), or `unknown`.
 pub fn git_revision() -> String {
     std::process::Command::new("git")
@@ -59,9 +66,11 @@ pub fn peak_rss_mb() -> f64 {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse::<f64>().ok()))
+            s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| {
+                l.split_whitespace()
+                    .nth(1)
+                    .and_then(|v| v.parse::<f64>().ok())
+            })
         })
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)

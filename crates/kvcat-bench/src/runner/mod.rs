@@ -1,1 +1,346 @@
-//! (being written)
+//! The bench runner: a TOML manifest crossing checkpoints (model × masking policy) with
+//! compressors × budgets × tasks, run into a durable, resumable, shardable results directory.
+//!
+//! - [`manifest`]: schema, span-aware parsing, validation against the registries.
+//! - [`checkpoints`], [`grid`]: training jobs, checkpoints and content-hashed cells.
+//! - [`shard`]: deterministic balanced slices (`--shard i/n`, Slurm arrays).
+//! - [`store`]: `manifest.toml`, `results.csv` and the `cells.done` journal.
+//! - [`executor`]: the trait that trains a checkpoint and evaluates a cell; [`real`] is the
+//!   implementation over `kvcat_bench::train` and `kvcat_bench::evaluate`.
+//! - [`merge`]: joining shard directories.
+//! - [`estimate`]: the `--dry-run` time estimate.
+
+pub mod checkpoints;
+pub mod estimate;
+pub mod executor;
+pub mod grid;
+pub mod manifest;
+pub mod merge;
+pub mod real;
+pub mod shard;
+pub mod store;
+pub mod training;
+
+pub use executor::{CellContext, CellExecutor};
+pub use grid::{Cell, Grid};
+pub use manifest::Manifest;
+pub use shard::Shard;
+pub use store::ResultStore;
+
+use checkpoints::{Init, Weights};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kvcat_core::{Error, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// How to run a manifest.
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    /// The results directory.
+    pub out: PathBuf,
+    /// The checkpoint cache (default `<out>/checkpoints`).
+    pub checkpoints: PathBuf,
+    /// Run only this slice of the grid.
+    pub shard: Option<Shard>,
+    /// Stop after running this many cells (already finished cells do not count).
+    pub max_cells: Option<usize>,
+    /// Train the checkpoints this shard needs, then stop.
+    pub train_only: bool,
+    /// Draw progress bars (they hide themselves when stderr is not a terminal).
+    pub progress: bool,
+}
+
+impl BenchOptions {
+    /// Defaults for a results directory: checkpoints under it, no shard, progress on.
+    pub fn new(out: impl Into<PathBuf>) -> BenchOptions {
+        let out = out.into();
+        BenchOptions {
+            checkpoints: out.join("checkpoints"),
+            out,
+            shard: None,
+            max_cells: None,
+            train_only: false,
+            progress: true,
+        }
+    }
+}
+
+/// What a run did.
+#[derive(Debug, Default)]
+pub struct BenchSummary {
+    pub run_id: String,
+    pub grid_cells: usize,
+    pub shard_cells: usize,
+    /// Cells of this shard that were already finished.
+    pub skipped: usize,
+    /// Cells run now.
+    pub ran: usize,
+    /// Rows written now.
+    pub rows: usize,
+    /// Cells that failed, with their error.
+    pub failed: Vec<(String, String)>,
+    /// Training jobs run now, and reused from the cache.
+    pub trained: usize,
+    pub reused: usize,
+    /// Whether `max_cells` stopped the run early.
+    pub stopped_early: bool,
+    pub seconds: f64,
+    pub out: PathBuf,
+}
+
+impl BenchSummary {
+    /// Cells of this shard still missing.
+    pub fn remaining(&self) -> usize {
+        self.shard_cells - self.skipped - self.ran
+    }
+}
+
+/// The cells of `grid` that `shard` covers (all of them without a shard).
+pub fn shard_cells(grid: &Grid, shard: Option<Shard>) -> &[Cell] {
+    match shard {
+        Some(s) => &grid.cells[s.range(grid.cells.len())],
+        None => &grid.cells,
+    }
+}
+
+/// Checkpoint cache state for one run.
+struct Checkpoints<'a> {
+    grid: &'a Grid,
+    root: PathBuf,
+    done: Vec<Option<PathBuf>>,
+    failed: Vec<Option<String>>,
+    trained: usize,
+    reused: usize,
+}
+
+impl Checkpoints<'_> {
+    /// The trained directory of job `j`, training it (and its parents) if it is not cached.
+    fn ensure_job(
+        &mut self,
+        j: usize,
+        exec: &mut dyn CellExecutor,
+        bars: &MultiProgress,
+        progress: bool,
+    ) -> Result<PathBuf> {
+        if let Some(p) = &self.done[j] {
+            return Ok(p.clone());
+        }
+        if let Some(e) = &self.failed[j] {
+            return Err(Error::invalid(e.clone()));
+        }
+        let job = &self.grid.train_jobs[j];
+        let dir = self.root.join(&job.id);
+        if dir.is_dir() {
+            tracing::info!("reusing checkpoint {} for {}", dir.display(), job.label);
+            self.reused += 1;
+            self.done[j] = Some(dir.clone());
+            return Ok(dir);
+        }
+        let result = (|| {
+            let init = match &job.init {
+                Init::Scratch => None,
+                Init::Path(p) => Some(PathBuf::from(p)),
+                Init::Job(k) => Some(self.ensure_job(*k, exec, bars, progress)?),
+            };
+            std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+            // Per-process staging directory: concurrent shards never share one; the first to
+            // finish wins the rename and the others use its checkpoint.
+            let tmp = self
+                .root
+                .join(format!("{}.partial-{}", job.id, std::process::id()));
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            }
+            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+            let pb = if progress {
+                bars.add(ProgressBar::new(0))
+            } else {
+                ProgressBar::hidden()
+            };
+            pb.set_style(train_style());
+            pb.set_prefix(format!("train {}", job.label));
+            let t0 = Instant::now();
+            exec.train(job, init.as_deref(), &tmp, &pb)?;
+            pb.finish_and_clear();
+            bars.remove(&pb);
+            training::write_job_record(job, &tmp)?;
+            if let Err(e) = std::fs::rename(&tmp, &dir) {
+                if dir.is_dir() {
+                    let _ = std::fs::remove_dir_all(&tmp);
+                } else {
+                    return Err(Error::io(&dir, e));
+                }
+            }
+            let _ = bars.println(format!(
+                "trained {} in {:.0}s → {}",
+                job.label,
+                t0.elapsed().as_secs_f64(),
+                dir.display()
+            ));
+            Ok(dir.clone())
+        })();
+        match result {
+            Ok(d) => {
+                self.trained += 1;
+                self.done[j] = Some(d.clone());
+                Ok(d)
+            }
+            Err(e) => {
+                let msg = format!("training {} failed: {e}", job.label);
+                self.failed[j] = Some(msg.clone());
+                Err(Error::invalid(msg))
+            }
+        }
+    }
+
+    /// The weights of checkpoint `c`.
+    fn weights(
+        &mut self,
+        c: usize,
+        exec: &mut dyn CellExecutor,
+        bars: &MultiProgress,
+        progress: bool,
+    ) -> Result<PathBuf> {
+        match &self.grid.checkpoints[c].weights {
+            Weights::Path(p) => Ok(PathBuf::from(p)),
+            Weights::Job(j) => self.ensure_job(*j, exec, bars, progress),
+        }
+    }
+}
+
+fn train_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{prefix:.bold} [{bar:30.yellow/white}] {pos}/{len} steps {per_sec} ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
+fn cell_style() -> ProgressStyle {
+    ProgressStyle::with_template(
+        "{prefix:.bold} [{bar:30.cyan/blue}] {pos}/{len} cells {elapsed_precise} ETA {eta} {msg}",
+    )
+    .unwrap_or_else(|_| ProgressStyle::default_bar())
+    .progress_chars("=> ")
+}
+
+/// A short label of a cell, for progress and errors.
+pub fn cell_label(m: &Manifest, grid: &Grid, cell: &Cell) -> String {
+    let ck = &grid.checkpoints[cell.checkpoint];
+    let comp = cell
+        .compressor
+        .map(|k| m.compressor[k].name.as_str())
+        .unwrap_or(manifest::REFERENCE_COMPRESSOR);
+    format!(
+        "{}/{} {} {}@{}",
+        ck.model, ck.policy, m.task[cell.task].name, comp, cell.budget
+    )
+}
+
+/// Runs (the shard of) a manifest into `opts.out`: trains or reuses every checkpoint the
+/// shard needs, evaluates every unfinished cell in grid order, and appends each finished
+/// cell durably. A failed cell is reported and left unfinished (a re-run retries it).
+pub fn run_bench(
+    m: &Manifest,
+    opts: &BenchOptions,
+    exec: &mut dyn CellExecutor,
+) -> Result<BenchSummary> {
+    let t0 = Instant::now();
+    let grid = Grid::expand(m)?;
+    let run_id = m.run_id()?;
+    let mut store = ResultStore::open(&opts.out, m)?;
+    let cells = shard_cells(&grid, opts.shard);
+    let todo: Vec<&Cell> = cells.iter().filter(|c| !store.is_done(&c.id)).collect();
+    let mut summary = BenchSummary {
+        run_id: run_id.clone(),
+        grid_cells: grid.cells.len(),
+        shard_cells: cells.len(),
+        skipped: cells.len() - todo.len(),
+        out: opts.out.clone(),
+        ..Default::default()
+    };
+    let bars = MultiProgress::with_draw_target(if opts.progress {
+        ProgressDrawTarget::stderr()
+    } else {
+        ProgressDrawTarget::hidden()
+    });
+    let mut ckpts = Checkpoints {
+        grid: &grid,
+        root: opts.checkpoints.clone(),
+        done: vec![None; grid.train_jobs.len()],
+        failed: vec![None; grid.train_jobs.len()],
+        trained: 0,
+        reused: 0,
+    };
+
+    if opts.train_only {
+        let mut needed: Vec<usize> = todo.iter().map(|c| c.checkpoint).collect();
+        needed.dedup();
+        for c in needed {
+            if let Err(e) = ckpts.weights(c, exec, &bars, opts.progress) {
+                summary
+                    .failed
+                    .push((grid.checkpoints[c].id.clone(), e.to_string()));
+            }
+        }
+    } else {
+        let pb = bars.add(ProgressBar::new(todo.len() as u64));
+        pb.set_style(cell_style());
+        pb.set_prefix(m.name.clone());
+        pb.enable_steady_tick(Duration::from_millis(500));
+        let git_rev = crate::results::git_revision();
+        for cell in &todo {
+            if opts.max_cells.is_some_and(|k| summary.ran >= k) {
+                summary.stopped_early = true;
+                break;
+            }
+            let label = cell_label(m, &grid, cell);
+            pb.set_message(label.clone());
+            let outcome = ckpts
+                .weights(cell.checkpoint, exec, &bars, opts.progress)
+                .and_then(|weights| {
+                    let ctx = CellContext {
+                        manifest: m,
+                        run_id: &run_id,
+                        cell,
+                        checkpoint: &grid.checkpoints[cell.checkpoint],
+                        weights: &weights,
+                        git_rev: &git_rev,
+                    };
+                    let mut rows = exec.evaluate(&ctx)?;
+                    if rows.is_empty() {
+                        return Err(Error::invalid("the evaluation produced no rows"));
+                    }
+                    for r in &mut rows {
+                        ctx.stamp(r);
+                    }
+                    Ok(rows)
+                });
+            match outcome {
+                Ok(rows) => {
+                    store.append_cell(&cell.id, &rows)?;
+                    summary.ran += 1;
+                    summary.rows += rows.len();
+                }
+                Err(e) => {
+                    let _ = bars.println(format!("cell {} ({label}) failed: {e}", cell.id));
+                    tracing::error!("cell {} ({label}) failed: {e}", cell.id);
+                    summary
+                        .failed
+                        .push((cell.id.clone(), format!("{label}: {e}")));
+                }
+            }
+            pb.inc(1);
+        }
+        pb.finish_and_clear();
+    }
+    summary.trained = ckpts.trained;
+    summary.reused = ckpts.reused;
+    summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// The default checkpoint cache of a results directory.
+pub fn default_checkpoints(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}

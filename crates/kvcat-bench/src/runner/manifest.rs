@@ -1,0 +1,566 @@
+//! The bench manifest: its TOML schema, span-aware parsing, and validation against the
+//! plugin registries.
+//!
+//! A manifest crosses checkpoints (`[[model]]` × `[[policy]]`) with compressors, budgets and
+//! tasks:
+//!
+//! ```toml
+//! name = "quickstart"
+//! seed = 0
+//! device = "cpu"          # auto, cpu, cuda, cuda:N
+//! dtype = "f32"           # auto, f32, bf16, f16
+//! budgets = [0.1, 0.25, 0.5, "64slots"]
+//!
+//! [[model]]
+//! name = "tiny"
+//! pretrain = { … }        # a TrainConfig table: train from scratch; or
+//! # path = "model.gguf"   # an HF directory or GGUF file
+//! base = false            # also evaluate the model itself, without continuation
+//!
+//! [train]                 # shared continued-pretraining section (a partial TrainConfig)
+//! steps = 200
+//!
+//! [[policy]]
+//! name = "rand"
+//! params = { … }
+//! train = { … }           # optional per-policy overrides of [train]
+//!
+//! [[compressor]]
+//! name = "snapkv"
+//! params = { window = 8 }
+//!
+//! [[task]]
+//! name = "passkey"
+//! n = 20
+//! params = { … }
+//! ```
+//!
+//! [`Manifest::parse`] checks every name, parameter table and budget before anything runs;
+//! errors carry `file:line:column` and, for names, every known name. The result is the
+//! *resolved* manifest (defaults filled in), which is saved beside the results.
+
+use kvcat_core::budget::Budget;
+use kvcat_core::compressor::build_compressor;
+use kvcat_core::device::{parse_dtype, DeviceChoice};
+use kvcat_core::policy::build_policy;
+use kvcat_core::task::build_task;
+use kvcat_core::{Error, Result};
+use serde::{Deserialize, Serialize};
+use std::ops::Range;
+use std::path::Path;
+use toml::Spanned;
+
+/// The compressor name of the uncompressed reference cells (budget 1.0, no compression).
+pub const REFERENCE_COMPRESSOR: &str = "none";
+/// The pseudo-policy name of a model evaluated as given, without continued pretraining.
+pub const BASE_POLICY: &str = "base";
+/// The policy every KV-CAT policy is compared against in the report.
+pub const BASELINE_POLICY: &str = "none";
+
+/// A resolved manifest: every name checked, every parameter table filled with defaults.
+/// This is what `manifest.toml` beside the results holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub name: String,
+    pub seed: u64,
+    pub device: String,
+    pub dtype: String,
+    /// Budgets to sweep, deduplicated, in manifest order (budget 1.0 is the reference).
+    pub budgets: Vec<Budget>,
+    /// The shared continued-pretraining table (a partial `TrainConfig`).
+    #[serde(default)]
+    pub train: toml::Table,
+    pub model: Vec<ModelSpec>,
+    #[serde(default)]
+    pub policy: Vec<PolicySpec>,
+    pub compressor: Vec<PluginSpec>,
+    pub task: Vec<TaskSpec>,
+}
+
+/// Where a model comes from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelSpec {
+    /// The label used in result rows.
+    pub name: String,
+    /// An HF directory or `.gguf` file, when the model is loaded rather than trained.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// A `TrainConfig` table, when the model is pretrained from scratch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretrain: Option<toml::Table>,
+    /// Whether to evaluate the model itself (policy `base`) besides its continuations.
+    #[serde(default)]
+    pub base: bool,
+}
+
+/// A registered plugin with its resolved parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PluginSpec {
+    pub name: String,
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// A masking policy: resolved parameters plus its overrides of the shared `[train]` table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicySpec {
+    pub name: String,
+    #[serde(default)]
+    pub params: toml::Table,
+    #[serde(default)]
+    pub train: toml::Table,
+}
+
+/// An evaluation task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskSpec {
+    pub name: String,
+    #[serde(default)]
+    pub params: toml::Table,
+    /// Number of examples.
+    pub n: usize,
+    pub seed: u64,
+    /// Whether compressors see the question.
+    #[serde(default)]
+    pub query_aware: bool,
+    /// The metric the report plots (default: the task's first metric).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metric: Option<String>,
+}
+
+// ---------------------------------------------------------------------------------------
+// Raw (as written) schema, with spans for error messages.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawManifest {
+    name: Option<String>,
+    #[serde(default)]
+    seed: u64,
+    device: Option<Spanned<String>>,
+    dtype: Option<Spanned<String>>,
+    budgets: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    train: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    model: Vec<RawModel>,
+    #[serde(default)]
+    policy: Vec<RawPolicy>,
+    #[serde(default)]
+    compressor: Vec<RawPlugin>,
+    #[serde(default)]
+    task: Vec<RawTask>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawModel {
+    name: Spanned<String>,
+    path: Option<Spanned<String>>,
+    pretrain: Option<Spanned<toml::Table>>,
+    #[serde(default)]
+    base: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    name: Spanned<String>,
+    params: Option<Spanned<toml::Table>>,
+    train: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPlugin {
+    name: Spanned<String>,
+    params: Option<Spanned<toml::Table>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: Spanned<String>,
+    params: Option<Spanned<toml::Table>>,
+    n: Option<Spanned<i64>>,
+    seed: Option<u64>,
+    query_aware: Option<bool>,
+    metric: Option<Spanned<String>>,
+}
+
+/// 1-based line and column of byte `offset` in `text` (columns count characters).
+pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let col = text[line_start..offset].chars().count() + 1;
+    (line, col)
+}
+
+/// Builds manifest errors that point at `file:line:column`.
+struct Locator<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Locator<'_> {
+    fn at(
+        &self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Error {
+        let file = match span {
+            Some(s) => {
+                let (l, c) = line_col(self.text, s.start);
+                format!("{}:{l}:{c}", self.file)
+            }
+            None => self.file.to_string(),
+        };
+        Error::Config {
+            file,
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+fn is_full(b: &Budget) -> bool {
+    matches!(b, Budget::Fraction(f) if *f >= 1.0)
+}
+
+impl Manifest {
+    /// Reads and validates a manifest file.
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        Manifest::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates manifest text; `file` names it in errors.
+    ///
+    /// Checks, before anything runs: the schema (unknown keys are errors), every policy and
+    /// compressor name against the registries and its parameters through the plugin's own
+    /// `build`, every budget, device and dtype, task sizes, and name uniqueness.
+    pub fn parse(text: &str, file: &str) -> Result<Manifest> {
+        let loc = Locator { file, text };
+        let raw: RawManifest = toml::from_str(text).map_err(|e| {
+            let field = if e.message().contains("unknown field") {
+                "(schema)"
+            } else {
+                "(syntax)"
+            };
+            loc.at(e.span(), field, e.message().trim())
+        })?;
+
+        let device = match &raw.device {
+            Some(d) => {
+                d.get_ref()
+                    .parse::<DeviceChoice>()
+                    .map_err(|e| loc.at(Some(d.span()), "device", e.to_string()))?;
+                d.get_ref().clone()
+            }
+            None => "auto".into(),
+        };
+        let dtype = match &raw.dtype {
+            Some(d) => {
+                parse_dtype(d.get_ref())
+                    .map_err(|e| loc.at(Some(d.span()), "dtype", e.to_string()))?;
+                d.get_ref().clone()
+            }
+            None => "auto".into(),
+        };
+
+        let budgets_raw = raw.budgets.as_ref().ok_or_else(|| {
+            loc.at(
+                None,
+                "budgets",
+                "missing; e.g. `budgets = [0.1, 0.25, 0.5]` (fractions in (0, 1] or slot counts)",
+            )
+        })?;
+        let mut budgets: Vec<Budget> = Vec::new();
+        for (i, v) in budgets_raw.get_ref().iter().enumerate() {
+            let b: Budget = v
+                .get_ref()
+                .clone()
+                .try_into()
+                .map_err(|e: toml::de::Error| {
+                    loc.at(
+                        Some(v.span()),
+                        format!("budgets[{i}]"),
+                        e.message().trim().to_string(),
+                    )
+                })?;
+            if !budgets.contains(&b) {
+                budgets.push(b);
+            }
+        }
+        if budgets.is_empty() {
+            return Err(loc.at(
+                Some(budgets_raw.span()),
+                "budgets",
+                "is empty; give at least one budget",
+            ));
+        }
+
+        if raw.model.is_empty() {
+            return Err(loc.at(
+                None,
+                "model",
+                "no [[model]] entry; give `path = ...` or `pretrain = {...}`",
+            ));
+        }
+        let mut models = Vec::new();
+        for (i, m) in raw.model.iter().enumerate() {
+            let field = format!("model[{i}]");
+            let name = m.name.get_ref().trim().to_string();
+            if name.is_empty() || name.contains(',') || name.contains('/') {
+                return Err(loc.at(
+                    Some(m.name.span()),
+                    format!("{field}.name"),
+                    "must be non-empty without `,` or `/`",
+                ));
+            }
+            if models.iter().any(|x: &ModelSpec| x.name == name) {
+                return Err(loc.at(
+                    Some(m.name.span()),
+                    format!("{field}.name"),
+                    format!("duplicate model name `{name}`"),
+                ));
+            }
+            match (&m.path, &m.pretrain) {
+                (Some(_), Some(p)) => {
+                    return Err(loc.at(
+                        Some(p.span()),
+                        format!("{field}"),
+                        "give either `path` or `pretrain`, not both",
+                    ));
+                }
+                (None, None) => {
+                    return Err(loc.at(
+                        Some(m.name.span()),
+                        format!("{field}"),
+                        "give `path` (HF directory or .gguf) or `pretrain` (a training table)",
+                    ));
+                }
+                _ => {}
+            }
+            models.push(ModelSpec {
+                name,
+                path: m.path.as_ref().map(|p| p.get_ref().clone()),
+                pretrain: m.pretrain.as_ref().map(|p| p.get_ref().clone()),
+                base: m.base,
+            });
+        }
+        if raw.policy.is_empty() && !models.iter().any(|m| m.base) {
+            return Err(loc.at(
+                None,
+                "policy",
+                "no [[policy]] entry and no model with `base = true`: nothing to evaluate",
+            ));
+        }
+
+        let mut policies: Vec<PolicySpec> = Vec::new();
+        for (i, p) in raw.policy.iter().enumerate() {
+            let field = format!("policy[{i}]");
+            let params = p
+                .params
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_default();
+            let built = build_policy(p.name.get_ref(), &params).map_err(|e| {
+                let span = match (&e, &p.params) {
+                    (Error::Params { .. }, Some(t)) => t.span(),
+                    _ => p.name.span(),
+                };
+                loc.at(Some(span), format!("{field}.name"), e.to_string())
+            })?;
+            let spec = PolicySpec {
+                name: built.name().to_string(),
+                params: built.params(),
+                train: p
+                    .train
+                    .as_ref()
+                    .map(|t| t.get_ref().clone())
+                    .unwrap_or_default(),
+            };
+            if policies.contains(&spec) {
+                return Err(loc.at(
+                    Some(p.name.span()),
+                    field,
+                    format!("duplicate policy `{}` with the same parameters", spec.name),
+                ));
+            }
+            policies.push(spec);
+        }
+
+        if raw.compressor.is_empty() {
+            return Err(loc.at(None, "compressor", "no [[compressor]] entry"));
+        }
+        let mut compressors: Vec<PluginSpec> = Vec::new();
+        for (i, c) in raw.compressor.iter().enumerate() {
+            let field = format!("compressor[{i}]");
+            if c.name.get_ref() == REFERENCE_COMPRESSOR {
+                return Err(loc.at(Some(c.name.span()), format!("{field}.name"), "`none` is the uncompressed reference, which every grid already holds (budget 1.0); remove this entry"));
+            }
+            let params = c
+                .params
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_default();
+            let built = build_compressor(c.name.get_ref(), &params).map_err(|e| {
+                let span = match (&e, &c.params) {
+                    (Error::Params { .. }, Some(t)) => t.span(),
+                    _ => c.name.span(),
+                };
+                loc.at(Some(span), format!("{field}.name"), e.to_string())
+            })?;
+            let spec = PluginSpec {
+                name: built.name().to_string(),
+                params: built.params(),
+            };
+            if compressors.contains(&spec) {
+                return Err(loc.at(
+                    Some(c.name.span()),
+                    field,
+                    format!(
+                        "duplicate compressor `{}` with the same parameters",
+                        spec.name
+                    ),
+                ));
+            }
+            compressors.push(spec);
+        }
+
+        if raw.task.is_empty() {
+            return Err(loc.at(None, "task", "no [[task]] entry"));
+        }
+        let mut tasks: Vec<TaskSpec> = Vec::new();
+        for (i, t) in raw.task.iter().enumerate() {
+            let field = format!("task[{i}]");
+            let params = t
+                .params
+                .as_ref()
+                .map(|x| x.get_ref().clone())
+                .unwrap_or_default();
+            let n = match &t.n {
+                Some(n) if *n.get_ref() >= 1 => *n.get_ref() as usize,
+                Some(n) => {
+                    return Err(loc.at(
+                        Some(n.span()),
+                        format!("{field}.n"),
+                        format!("must be at least 1, got {}", n.get_ref()),
+                    ))
+                }
+                None => {
+                    return Err(loc.at(
+                        Some(t.name.span()),
+                        format!("{field}.n"),
+                        "missing: the number of examples",
+                    ))
+                }
+            };
+            let params = build_task(t.name.get_ref(), &params)
+                .map(|t| t.params())
+                .map_err(|e| {
+                    let span = match (&e, &t.params) {
+                        (Error::Params { .. }, Some(p)) => p.span(),
+                        _ => t.name.span(),
+                    };
+                    loc.at(Some(span), format!("{field}.name"), e.to_string())
+                })?;
+            let spec = TaskSpec {
+                name: t.name.get_ref().clone(),
+                params,
+                n,
+                seed: t.seed.unwrap_or(raw.seed),
+                query_aware: t.query_aware.unwrap_or(false),
+                metric: t.metric.as_ref().map(|m| m.get_ref().clone()),
+            };
+            if tasks.iter().any(|x| {
+                x.name == spec.name
+                    && x.params == spec.params
+                    && x.n == spec.n
+                    && x.seed == spec.seed
+                    && x.query_aware == spec.query_aware
+            }) {
+                return Err(loc.at(
+                    Some(t.name.span()),
+                    field,
+                    format!("duplicate task `{}` with the same parameters", spec.name),
+                ));
+            }
+            tasks.push(spec);
+        }
+
+        let manifest = Manifest {
+            name: raw.name.unwrap_or_else(|| {
+                Path::new(file)
+                    .file_stem()
+                    .map(|s| s.to_string_lossy().into_owned())
+                    .unwrap_or_else(|| "bench".into())
+            }),
+            seed: raw.seed,
+            device,
+            dtype,
+            budgets,
+            train: raw
+                .train
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_default(),
+            model: models,
+            policy: policies,
+            compressor: compressors,
+            task: tasks,
+        };
+        // Training tables are checked by building every checkpoint's training config.
+        super::checkpoints::plan_checkpoints(&manifest).map_err(|e| {
+            let span = raw.train.as_ref().map(|t| t.span());
+            loc.at(span, "train", e.to_string())
+        })?;
+        Ok(manifest)
+    }
+
+    /// The budgets crossed with compressors: every budget except the full one, which is the
+    /// shared uncompressed reference.
+    pub fn compressed_budgets(&self) -> Vec<Budget> {
+        self.budgets
+            .iter()
+            .filter(|b| !is_full(b))
+            .copied()
+            .collect()
+    }
+
+    /// The canonical TOML text of the resolved manifest (what `manifest.toml` holds).
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string(self).map_err(|e| Error::invalid(format!("serialising the manifest: {e}")))
+    }
+
+    /// Reads a resolved manifest saved beside results (no registry look-ups).
+    pub fn read_resolved(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        toml::from_str(&text).map_err(|e| {
+            let file = match e.span() {
+                Some(s) => {
+                    let (l, c) = line_col(&text, s.start);
+                    format!("{}:{l}:{c}", path.display())
+                }
+                None => path.display().to_string(),
+            };
+            Error::Format {
+                file,
+                reason: e.message().trim().to_string(),
+            }
+        })
+    }
+
+    /// Content hash of the resolved manifest: the run id shared by all shards of one run.
+    pub fn run_id(&self) -> Result<String> {
+        Ok(super::grid::short_hash(self.to_toml()?.as_bytes()))
+    }
+}
