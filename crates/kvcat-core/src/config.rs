@@ -60,6 +60,7 @@ struct HfConfigRaw {
     attention_bias: Option<bool>,
     mlp_bias: Option<bool>,
     hidden_act: Option<String>,
+    sliding_window: Option<i64>,
     bos_token_id: Option<serde_json::Value>,
     eos_token_id: Option<serde_json::Value>,
 }
@@ -72,14 +73,66 @@ fn ids(v: &Option<serde_json::Value>) -> Vec<i64> {
     }
 }
 
+/// The JSON type each field of [`HfConfigRaw`] must have (`null` is always allowed).
+const FIELD_TYPES: &[(&str, &str)] = &[
+    ("model_type", "string"),
+    ("vocab_size", "integer"),
+    ("hidden_size", "integer"),
+    ("intermediate_size", "integer"),
+    ("num_hidden_layers", "integer"),
+    ("num_attention_heads", "integer"),
+    ("num_key_value_heads", "integer"),
+    ("head_dim", "integer"),
+    ("rms_norm_eps", "number"),
+    ("rope_theta", "number"),
+    ("max_position_embeddings", "integer"),
+    ("tie_word_embeddings", "boolean"),
+    ("attention_bias", "boolean"),
+    ("mlp_bias", "boolean"),
+    ("hidden_act", "string"),
+    ("sliding_window", "integer"),
+];
+
+/// Rejects a `config.json` that is not an object, or whose known fields have the wrong JSON
+/// type, with an error naming the field (serde's own message does not name it).
+fn check_field_types(json: &serde_json::Value, file: &str) -> Result<()> {
+    let obj = json.as_object().ok_or_else(|| Error::Format {
+        file: file.to_string(),
+        reason: "expected a JSON object".into(),
+    })?;
+    for (field, want) in FIELD_TYPES {
+        let Some(v) = obj.get(*field) else { continue };
+        let ok = match *want {
+            "string" => v.is_string(),
+            "integer" => v.is_i64(),
+            "number" => v.is_number(),
+            "boolean" => v.is_boolean(),
+            _ => true,
+        };
+        if !ok && !v.is_null() {
+            return Err(Error::Config {
+                file: file.to_string(),
+                field: field.to_string(),
+                reason: format!("expected {want}, got `{v}`"),
+            });
+        }
+    }
+    Ok(())
+}
+
 impl LlamaConfig {
     /// Reads and validates an HF `config.json`.
     pub fn from_hf_json(path: &Path) -> Result<Self> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let raw: HfConfigRaw = serde_json::from_str(&text).map_err(|e| Error::Format {
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
             file: file.clone(),
             reason: format!("not valid JSON: {e}"),
+        })?;
+        check_field_types(&json, &file)?;
+        let raw: HfConfigRaw = serde_json::from_value(json).map_err(|e| Error::Format {
+            file: file.clone(),
+            reason: format!("not a model config: {e}"),
         })?;
         let cfg_err = |field: &str, reason: &str| Error::Config {
             file: file.clone(),
@@ -94,6 +147,17 @@ impl LlamaConfig {
                 value: format!("`{model_type}`"),
                 supported: "llama, mistral".into(),
             });
+        }
+        if let Some(w) = raw.sliding_window {
+            if w < raw.max_position_embeddings.unwrap_or(i64::MAX) {
+                return Err(cfg_err(
+                    "sliding_window",
+                    &format!(
+                        "sliding-window attention ({w}) is not supported (allowed: null, or at \
+                         least max_position_embeddings)"
+                    ),
+                ));
+            }
         }
         if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
             return Err(cfg_err(

@@ -159,6 +159,73 @@ fn missing_config_field() {
 }
 
 #[test]
+fn config_field_with_the_wrong_type() {
+    let s = Scratch::copy_of(BASE, "fieldtype");
+    s.edit_config(|c| {
+        c.insert("hidden_size".into(), "64".into());
+    });
+    let (err, msg) = load_err(&s);
+    assert!(
+        matches!(&err, Error::Config { file, field, .. }
+            if file.ends_with("config.json") && field == "hidden_size"),
+        "{err:?}"
+    );
+    assert_names(&msg, &["config.json", "hidden_size", "integer", "\"64\""]);
+}
+
+#[test]
+fn config_that_is_not_an_object() {
+    let s = Scratch::copy_of(BASE, "array");
+    std::fs::write(s.path("config.json"), "[1, 2, 3]").unwrap();
+    let (err, msg) = load_err(&s);
+    assert!(
+        matches!(&err, Error::Format { file, .. } if file.ends_with("config.json")),
+        "{err:?}"
+    );
+    assert_names(&msg, &["config.json", "object"]);
+}
+
+#[test]
+fn unsupported_rope_scaling_and_sliding_window() {
+    let s = Scratch::copy_of(BASE, "rope");
+    s.edit_config(|c| {
+        c.insert(
+            "rope_parameters".into(),
+            serde_json::json!({"rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0}),
+        );
+    });
+    let (err, msg) = load_err(&s);
+    assert!(
+        matches!(&err, Error::Config { field, .. } if field == "rope_scaling"),
+        "{err:?}"
+    );
+    assert_names(&msg, &["config.json", "llama3", "default"]);
+
+    let s = Scratch::copy_of(BASE, "window");
+    s.edit_config(|c| {
+        c.insert("model_type".into(), "mistral".into());
+        c.insert("sliding_window".into(), 16.into());
+    });
+    let (err, msg) = load_err(&s);
+    assert!(
+        matches!(&err, Error::Config { field, .. } if field == "sliding_window"),
+        "{err:?}"
+    );
+    assert_names(&msg, &["config.json", "sliding_window", "16"]);
+}
+
+#[test]
+fn model_path_that_is_neither_a_directory_nor_gguf() {
+    let path = fixture(BASE).join("config.json");
+    let err = Model::load(&path, Device::Cpu, Kind::Float).err().unwrap();
+    assert!(
+        matches!(&err, Error::Format { file, .. } if file.ends_with("config.json")),
+        "{err:?}"
+    );
+    assert_names(&err.to_string(), &["config.json", ".gguf"]);
+}
+
+#[test]
 fn inconsistent_head_counts() {
     let s = Scratch::copy_of(BASE, "heads");
     s.edit_config(|c| {
