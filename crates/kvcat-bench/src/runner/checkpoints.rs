@@ -9,8 +9,10 @@
 
 use super::grid::hash_of;
 use super::manifest::{Manifest, PolicySpec, BASE_POLICY};
+use super::training::{build_config, job_id, Source};
 use kvcat_core::{Error, Result};
 use serde::Serialize;
+use std::path::Path;
 
 /// Where a training job starts from.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -75,14 +77,6 @@ pub fn deep_merge(base: &toml::Table, over: &toml::Table) -> toml::Table {
     out
 }
 
-#[derive(Serialize)]
-struct JobKey<'a> {
-    kind: &'a str,
-    parent: &'a str,
-    table: &'a toml::Table,
-    policy: Option<&'a PolicySpec>,
-}
-
 /// Plans the training jobs and the evaluated checkpoints of a manifest, checking every
 /// training table.
 pub fn plan_checkpoints(m: &Manifest) -> Result<(Vec<TrainJob>, Vec<Checkpoint>)> {
@@ -92,21 +86,16 @@ pub fn plan_checkpoints(m: &Manifest) -> Result<(Vec<TrainJob>, Vec<Checkpoint>)
         let (base_weights, base_id) = match (&model.path, &model.pretrain) {
             (Some(p), None) => (Weights::Path(p.clone()), hash_of(&("path", p))),
             (None, Some(table)) => {
-                let id = hash_of(&JobKey {
-                    kind: "pretrain",
-                    parent: "scratch",
-                    table,
-                    policy: None,
-                });
-                let job = TrainJob {
+                let label = format!("{}/pretrain", model.name);
+                let cfg = build_config(m, &label, table, None, Source::Scratch)?;
+                let id = job_id("scratch", &cfg);
+                jobs.push(TrainJob {
                     id: id.clone(),
-                    label: format!("{}/pretrain", model.name),
+                    label,
                     init: Init::Scratch,
                     table: table.clone(),
                     policy: None,
-                };
-                super::training::check_job(&job)?;
-                jobs.push(job);
+                });
                 (Weights::Job(jobs.len() - 1), id)
             }
             _ => {
@@ -127,24 +116,24 @@ pub fn plan_checkpoints(m: &Manifest) -> Result<(Vec<TrainJob>, Vec<Checkpoint>)
         }
         for policy in &m.policy {
             let table = deep_merge(&m.train, &policy.train);
-            let id = hash_of(&JobKey {
-                kind: "continue",
-                parent: &base_id,
-                table: &table,
-                policy: Some(policy),
-            });
+            let label = format!("{}/{}", model.name, policy.name);
+            let source = match &base_weights {
+                Weights::Path(p) => Source::Path(Path::new(p)),
+                Weights::Job(_) => Source::Pending,
+            };
+            let cfg = build_config(m, &label, &table, Some(policy), source)?;
+            let id = job_id(&base_id, &cfg);
             let init = match &base_weights {
                 Weights::Path(p) => Init::Path(p.clone()),
                 Weights::Job(j) => Init::Job(*j),
             };
             let job = TrainJob {
                 id: id.clone(),
-                label: format!("{}/{}", model.name, policy.name),
+                label,
                 init,
                 table,
                 policy: Some(policy.clone()),
             };
-            super::training::check_job(&job)?;
             jobs.push(job);
             checkpoints.push(Checkpoint {
                 id,

@@ -76,4 +76,11 @@ pub trait CellExecutor {
     /// columns; the executor fills the measured ones (metric, value, stderr, achieved budget,
     /// bytes, n, seconds, memory, device, dtype).
     fn evaluate(&mut self, ctx: &CellContext) -> Result<Vec<ResultRow>>;
+
+    /// Evaluates consecutive cells that share checkpoint, task and compressor and differ
+    /// only in budget, so an executor can prefill each example once for all budgets.
+    /// Returns one outcome per cell, in order. The default evaluates them one by one.
+    fn evaluate_group(&mut self, ctxs: &[CellContext]) -> Vec<Result<Vec<ResultRow>>> {
+        ctxs.iter().map(|c| self.evaluate(c)).collect()
+    }
 }

@@ -14,6 +14,7 @@ pub mod checkpoints;
 pub mod estimate;
 pub mod executor;
 pub mod grid;
+mod lock;
 pub mod manifest;
 pub mod merge;
 pub mod real;
@@ -27,6 +28,7 @@ pub use manifest::Manifest;
 pub use shard::Shard;
 pub use store::ResultStore;
 
+use crate::results::ResultRow;
 use checkpoints::{Init, Weights};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvcat_core::{Error, Result};
@@ -136,21 +138,20 @@ impl Checkpoints<'_> {
             self.done[j] = Some(dir.clone());
             return Ok(dir);
         }
-        let result = (|| {
+        let result = (|| -> Result<PathBuf> {
             let init = match &job.init {
                 Init::Scratch => None,
                 Init::Path(p) => Some(PathBuf::from(p)),
                 Init::Job(k) => Some(self.ensure_job(*k, exec, bars, progress)?),
             };
             std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
-            // Per-process staging directory: concurrent shards never share one; the first to
-            // finish wins the rename and the others use its checkpoint.
-            let tmp = self
-                .root
-                .join(format!("{}.partial-{}", job.id, std::process::id()));
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            }
+            let Some(_lock) = lock::JobLock::acquire(&self.root, &job.id, &dir, &job.label)? else {
+                // Another process finished this checkpoint while we waited.
+                return Ok(dir.clone());
+            };
+            // A stable staging directory: an interrupted training resumes from its last
+            // saved step on the next run.
+            let tmp = self.root.join(format!("{}.partial", job.id));
             std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
             let pb = if progress {
                 bars.add(ProgressBar::new(0))
@@ -160,17 +161,12 @@ impl Checkpoints<'_> {
             pb.set_style(train_style());
             pb.set_prefix(format!("train {}", job.label));
             let t0 = Instant::now();
-            exec.train(job, init.as_deref(), &tmp, &pb)?;
+            let trained = exec.train(job, init.as_deref(), &tmp, &pb);
             pb.finish_and_clear();
             bars.remove(&pb);
+            trained?;
             training::write_job_record(job, &tmp)?;
-            if let Err(e) = std::fs::rename(&tmp, &dir) {
-                if dir.is_dir() {
-                    let _ = std::fs::remove_dir_all(&tmp);
-                } else {
-                    return Err(Error::io(&dir, e));
-                }
-            }
+            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
             let _ = bars.println(format!(
                 "trained {} in {:.0}s → {}",
                 job.label,
@@ -289,48 +285,90 @@ pub fn run_bench(
         pb.set_prefix(m.name.clone());
         pb.enable_steady_tick(Duration::from_millis(500));
         let git_rev = crate::results::git_revision();
-        for cell in &todo {
-            if opts.max_cells.is_some_and(|k| summary.ran >= k) {
-                summary.stopped_early = true;
-                break;
-            }
-            let label = cell_label(m, &grid, cell);
-            pb.set_message(label.clone());
-            let outcome = ckpts
-                .weights(cell.checkpoint, exec, &bars, opts.progress)
-                .and_then(|weights| {
-                    let ctx = CellContext {
-                        manifest: m,
-                        run_id: &run_id,
-                        cell,
-                        checkpoint: &grid.checkpoints[cell.checkpoint],
-                        weights: &weights,
-                        git_rev: &git_rev,
-                    };
-                    let mut rows = exec.evaluate(&ctx)?;
-                    if rows.is_empty() {
-                        return Err(Error::invalid("the evaluation produced no rows"));
-                    }
-                    for r in &mut rows {
-                        ctx.stamp(r);
-                    }
-                    Ok(rows)
-                });
-            match outcome {
-                Ok(rows) => {
-                    store.append_cell(&cell.id, &rows)?;
-                    summary.ran += 1;
-                    summary.rows += rows.len();
+        let mut i = 0;
+        while i < todo.len() {
+            let allowance = match opts.max_cells {
+                Some(k) if summary.ran + summary.failed.len() >= k => {
+                    summary.stopped_early = true;
+                    break;
                 }
-                Err(e) => {
-                    let _ = bars.println(format!("cell {} ({label}) failed: {e}", cell.id));
-                    tracing::error!("cell {} ({label}) failed: {e}", cell.id);
-                    summary
-                        .failed
-                        .push((cell.id.clone(), format!("{label}: {e}")));
-                }
+                Some(k) => k - summary.ran - summary.failed.len(),
+                None => usize::MAX,
+            };
+            // A group: consecutive cells of one checkpoint, task and compressor.
+            let first = todo[i];
+            let mut j = i + 1;
+            while j < todo.len()
+                && j - i < allowance
+                && todo[j].checkpoint == first.checkpoint
+                && todo[j].task == first.task
+                && todo[j].compressor == first.compressor
+            {
+                j += 1;
             }
-            pb.inc(1);
+            let group = &todo[i..j];
+            i = j;
+            let label = cell_label(m, &grid, first);
+            pb.set_message(if group.len() > 1 {
+                format!("{label} (+{} budgets)", group.len() - 1)
+            } else {
+                label
+            });
+            let outcomes: Vec<Result<Vec<ResultRow>>> =
+                match ckpts.weights(first.checkpoint, exec, &bars, opts.progress) {
+                    Err(e) => group
+                        .iter()
+                        .map(|_| Err(Error::invalid(e.to_string())))
+                        .collect(),
+                    Ok(weights) => {
+                        let ctxs: Vec<CellContext> = group
+                            .iter()
+                            .map(|cell| CellContext {
+                                manifest: m,
+                                run_id: &run_id,
+                                cell,
+                                checkpoint: &grid.checkpoints[cell.checkpoint],
+                                weights: &weights,
+                                git_rev: &git_rev,
+                            })
+                            .collect();
+                        let mut outs = exec.evaluate_group(&ctxs);
+                        outs.resize_with(ctxs.len(), || {
+                            Err(Error::invalid("the executor returned no outcome"))
+                        });
+                        outs.into_iter()
+                            .zip(&ctxs)
+                            .map(|(o, ctx)| {
+                                let mut rows = o?;
+                                if rows.is_empty() {
+                                    return Err(Error::invalid("the evaluation produced no rows"));
+                                }
+                                for r in &mut rows {
+                                    ctx.stamp(r);
+                                }
+                                Ok(rows)
+                            })
+                            .collect()
+                    }
+                };
+            for (cell, outcome) in group.iter().zip(outcomes) {
+                match outcome {
+                    Ok(rows) => {
+                        store.append_cell(&cell.id, &rows)?;
+                        summary.ran += 1;
+                        summary.rows += rows.len();
+                    }
+                    Err(e) => {
+                        let label = cell_label(m, &grid, cell);
+                        let _ = bars.println(format!("cell {} ({label}) failed: {e}", cell.id));
+                        tracing::error!("cell {} ({label}) failed: {e}", cell.id);
+                        summary
+                            .failed
+                            .push((cell.id.clone(), format!("{label}: {e}")));
+                    }
+                }
+                pb.inc(1);
+            }
         }
         pb.finish_and_clear();
     }

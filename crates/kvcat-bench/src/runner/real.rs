@@ -1,36 +1,214 @@
-//! The executor over kvcat's own training and evaluation (being integrated).
+//! The executor over kvcat's own trainer ([`crate::train::train`]) and evaluation loop
+//! ([`crate::evaluate`]).
+//!
+//! It keeps the current checkpoint loaded and its tokenized task examples cached, so the
+//! runner's checkpoint-major cell order loads each model once. A group of budgets of one
+//! compressor is evaluated with [`evaluate_budgets`], which prefills each example once.
 
 use super::checkpoints::TrainJob;
 use super::executor::{CellContext, CellExecutor};
+use super::manifest::Manifest;
+use super::training::train_config;
+use crate::evaluate::{
+    check_task_fits, evaluate_budgets, prepare, CellInfo, EvalOptions, Prepared,
+};
 use crate::results::ResultRow;
+use crate::train::{train, StepLog, TrainRunOptions};
 use indicatif::ProgressBar;
-use kvcat_core::{Error, Result};
-use std::path::Path;
+use kvcat_core::compressor::build_compressor;
+use kvcat_core::device::{default_dtype, device_name, dtype_name, parse_dtype, DeviceChoice};
+use kvcat_core::task::build_task;
+use kvcat_core::{Error, Model, Result};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tch::{Device, Kind};
 
-/// Trains with `kvcat_bench::train` and evaluates with `kvcat_bench::evaluate`.
-pub struct RealExecutor {}
+/// Trains with [`crate::train::train`] and evaluates with [`crate::evaluate`].
+pub struct RealExecutor {
+    manifest: Manifest,
+    device: Device,
+    kind: Kind,
+    /// Tokenized-data cache shared by all training jobs.
+    data_cache: Option<PathBuf>,
+    loaded: Option<(PathBuf, Model)>,
+    /// Prepared examples of the loaded checkpoint, per task index.
+    prepared: HashMap<usize, Vec<Prepared>>,
+}
 
 impl RealExecutor {
-    /// An executor for `manifest`'s device and dtype.
-    pub fn new(_manifest: &super::manifest::Manifest) -> Result<RealExecutor> {
-        Ok(RealExecutor {})
+    /// An executor for `manifest`'s device and dtype (resolved now: asking for CUDA where
+    /// there is none is an error).
+    pub fn new(manifest: &Manifest) -> Result<RealExecutor> {
+        let device = manifest.device.parse::<DeviceChoice>()?.resolve()?;
+        let kind = parse_dtype(&manifest.dtype)?.unwrap_or(default_dtype(device));
+        Ok(RealExecutor {
+            manifest: manifest.clone(),
+            device,
+            kind,
+            data_cache: None,
+            loaded: None,
+            prepared: HashMap::new(),
+        })
     }
+
+    /// Shares tokenized training data between jobs in `dir` (default: beside checkpoints).
+    pub fn with_data_cache(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_cache = Some(dir.into());
+        self
+    }
+
+    fn model(&mut self, weights: &Path) -> Result<&Model> {
+        if self.loaded.as_ref().map(|(p, _)| p.as_path()) != Some(weights) {
+            self.loaded = None;
+            self.prepared.clear();
+            let model = Model::load(weights, self.device, self.kind)?;
+            if model.tokenizer.is_none() {
+                return Err(Error::invalid(format!(
+                    "{}: the model has no tokenizer (tokenizer.json or GGUF metadata)",
+                    weights.display()
+                )));
+            }
+            self.loaded = Some((weights.to_path_buf(), model));
+        }
+        Ok(&self.loaded.as_ref().expect("just loaded").1)
+    }
+
+    fn eval_group(&mut self, ctxs: &[CellContext]) -> Result<Vec<Vec<ResultRow>>> {
+        let first = &ctxs[0];
+        let spec = first.task().clone();
+        let opts = EvalOptions {
+            query_aware: spec.query_aware,
+            add_bos: true,
+            seed: self.manifest.seed,
+        };
+        self.model(first.weights)?;
+        let (_, model) = self.loaded.as_ref().expect("loaded above");
+        let tok = model.tokenizer.as_ref().expect("checked at load");
+        if !self.prepared.contains_key(&first.cell.task) {
+            let task = build_task(&spec.name, &spec.params)?;
+            check_task_fits(task.as_ref(), model)?;
+            let examples = task.examples(tok, spec.n, spec.seed)?;
+            let prepared = prepare(model, tok, &examples, &opts)?;
+            self.prepared.insert(first.cell.task, prepared);
+        }
+        let prepared = &self.prepared[&first.cell.task];
+        let compressor = first
+            .compressor()
+            .map(|c| build_compressor(&c.name, &c.params))
+            .transpose()?;
+        let budgets: Vec<_> = ctxs.iter().map(|c| c.cell.budget).collect();
+        let results =
+            evaluate_budgets(model, tok, prepared, compressor.as_deref(), &budgets, &opts)?;
+        if results.len() != ctxs.len() {
+            return Err(Error::invalid(format!(
+                "evaluation returned {} results for {} cells",
+                results.len(),
+                ctxs.len()
+            )));
+        }
+        let info = CellInfo {
+            device: device_name(self.device),
+            dtype: dtype_name(self.kind).to_string(),
+            ..Default::default()
+        };
+        Ok(results.iter().map(|r| r.rows(&info)).collect())
+    }
+}
+
+/// Follows the trainer's `metrics.jsonl` to drive a progress bar (the trainer's own bar is
+/// off so that it does not fight the runner's bars).
+fn follow_metrics(
+    path: PathBuf,
+    pb: ProgressBar,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                if let Some(last) = text
+                    .lines()
+                    .rev()
+                    .find_map(|l| serde_json::from_str::<StepLog>(l).ok())
+                {
+                    pb.set_position(last.step as u64);
+                    pb.set_message(format!(
+                        "loss {:.3} | {:.0} tok/s",
+                        last.loss, last.tokens_per_second
+                    ));
+                }
+            }
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    })
 }
 
 impl CellExecutor for RealExecutor {
     fn train(
         &mut self,
         job: &TrainJob,
-        _init: Option<&Path>,
-        _out: &Path,
-        _pb: &ProgressBar,
+        init: Option<&Path>,
+        out_dir: &Path,
+        progress: &ProgressBar,
     ) -> Result<()> {
-        Err(Error::invalid(format!(
-            "training {}: the trainer is not integrated yet",
-            job.label
-        )))
+        let cache = self
+            .data_cache
+            .clone()
+            .or_else(|| out_dir.parent().map(|p| p.join("data-cache")))
+            .unwrap_or_else(|| PathBuf::from("data-cache"));
+        let cfg = train_config(&self.manifest, job, init, &cache)?;
+        progress.set_length(cfg.steps as u64);
+        // Training may use the memory the loaded model holds.
+        self.loaded = None;
+        self.prepared.clear();
+        let stop = Arc::new(AtomicBool::new(false));
+        let follower = follow_metrics(
+            out_dir.join("metrics.jsonl"),
+            progress.clone(),
+            stop.clone(),
+        );
+        let opts = TrainRunOptions {
+            progress: false,
+            resume: true,
+            stop_after: None,
+        };
+        let result = train(&cfg, out_dir, &opts);
+        stop.store(true, Ordering::Relaxed);
+        let _ = follower.join();
+        let summary = result.map_err(|e| Error::invalid(format!("{e:#}")))?;
+        if summary.interrupted {
+            return Err(Error::invalid(format!(
+                "training {} stopped early",
+                job.label
+            )));
+        }
+        tracing::info!(
+            "trained {}: {} steps, {:.0} tok/s, held-out NLL {:?} → {:?}",
+            job.label,
+            summary.steps,
+            summary.tokens_per_second,
+            summary.init_eval.map(|e| e.full_nll),
+            summary.final_eval.map(|e| e.full_nll)
+        );
+        Ok(())
     }
-    fn evaluate(&mut self, _ctx: &CellContext) -> Result<Vec<ResultRow>> {
-        Err(Error::invalid("evaluation is not integrated yet"))
+
+    fn evaluate(&mut self, ctx: &CellContext) -> Result<Vec<ResultRow>> {
+        let mut rows = self.eval_group(std::slice::from_ref(ctx))?;
+        rows.pop().ok_or_else(|| Error::invalid("no result"))
+    }
+
+    fn evaluate_group(&mut self, ctxs: &[CellContext]) -> Vec<Result<Vec<ResultRow>>> {
+        match self.eval_group(ctxs) {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(e) => {
+                let msg = e.to_string();
+                ctxs.iter()
+                    .map(|_| Err(Error::invalid(msg.clone())))
+                    .collect()
+            }
+        }
     }
 }
