@@ -315,3 +315,53 @@ fn bf16_load_runs_in_bf16_and_stays_close() {
     assert!(d < 0.5, "bf16 logits diff {d}");
     assert!(agree >= 0.9, "bf16 argmax agreement {agree}");
 }
+
+/// After evicting context slots, the continuation keeps its original positions (the
+/// transformers/kvpress convention: `position_ids` continue from the original length).
+/// Evicting by gathering the kept slots and hiding the others with the keep mask must both
+/// give the transformers logits of the fixture's eviction reference.
+#[test]
+fn continuation_after_eviction_matches_transformers() {
+    let _g = tch::no_grad_guard();
+    for name in FIXTURES {
+        let model = load(name);
+        let (ids, _) = reference(name);
+        let keep = reference_tensor(name, "compressed_keep"); // [K] context slots
+        let want = reference_tensor(name, "compressed_logits"); // [C, vocab]
+        let c = want.size()[0];
+        let p = ids.size()[1] - c;
+        let context = ids.narrow(1, 0, p);
+        let continuation = ids.narrow(1, p, c);
+        let kv_heads = model.config.num_key_value_heads;
+
+        // Gathered: the cache holds only the K kept slots.
+        let mut gathered = model.prefill(&context).unwrap();
+        let index = keep.view([1, 1, -1]).expand([1, kv_heads, -1], false);
+        for i in 0..gathered.layers.len() {
+            let layer = gathered.layers[i].gather(&index);
+            gathered.set_layer(i, layer).unwrap();
+        }
+        assert_eq!(
+            gathered.seq_len, p,
+            "eviction must not move the position counter"
+        );
+        assert_eq!(gathered.layers[0].slots(), keep.size()[0]);
+        let got = model.forward(&continuation, &mut gathered).unwrap().get(0);
+        let d = max_diff(&got, &want);
+        assert!(d < TOL, "{name}: gathered eviction diff {d:e}");
+
+        // Masked: all P slots stay, the evicted ones are hidden.
+        let mut masked = model.prefill(&context).unwrap();
+        let mask = Tensor::zeros([p], (Kind::Bool, Device::Cpu))
+            .index_fill(0, &keep, 1)
+            .view([1, 1, p])
+            .expand([1, kv_heads, p], false)
+            .contiguous();
+        for layer in &mut masked.layers {
+            layer.keep = Some(mask.shallow_clone());
+        }
+        let got = model.forward(&continuation, &mut masked).unwrap().get(0);
+        let d = max_diff(&got, &want);
+        assert!(d < TOL, "{name}: keep-mask eviction diff {d:e}");
+    }
+}
