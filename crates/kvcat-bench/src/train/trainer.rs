@@ -56,9 +56,9 @@ pub struct TrainSummary {
     /// Completed optimiser steps (in total, over resumed sessions).
     pub steps: usize,
     pub tokens_seen: i64,
-    /// Wall-clock seconds of this session's steps.
+    /// Wall-clock seconds of this session (steps, evaluations, checkpoints).
     pub seconds: f64,
-    /// Training tokens per second in this session.
+    /// Training tokens per second in this session's optimiser steps (no evaluation or saving).
     pub tokens_per_second: f64,
     /// Held-out losses before training and at the end.
     pub init_eval: Option<EvalRecord>,
@@ -353,6 +353,7 @@ pub fn train(
     let (lo, hi) = cfg.split.range(cfg.seq_len);
     let tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum as i64;
     let session_start = Instant::now();
+    let mut step_seconds = 0.0;
     let start_step = state.step;
     let mut last: Option<StepLog> = None;
     let mut interrupted = false;
@@ -420,6 +421,7 @@ pub fn train(
         state.tokens_seen += tokens_per_step;
         let dt = t0.elapsed().as_secs_f64();
         state.seconds += dt;
+        step_seconds += dt;
         log.tokens_per_second = tokens_per_step as f64 / dt.max(1e-9);
         writeln!(metrics, "{}", serde_json::to_string(&log)?)?;
         bar.set_message(format!(
@@ -482,7 +484,7 @@ pub fn train(
         steps: state.step,
         tokens_seen: state.tokens_seen,
         seconds: secs,
-        tokens_per_second: (steps_run * tokens_per_step) as f64 / secs.max(1e-9),
+        tokens_per_second: (steps_run * tokens_per_step) as f64 / step_seconds.max(1e-9),
         init_eval: state.evals.first().cloned(),
         final_eval: state.evals.last().filter(|e| e.step == state.step).cloned(),
         last,

@@ -1,0 +1,276 @@
+//! Train-time masking policies and the KV-CAT loss on tiny random models: registry contents,
+//! mask shapes and budgets, `none` ≡ unmasked, masked training ≡ a compressed cache, no
+//! gradient through dropped slots, gradient into the router.
+
+use kvcat_bench::train::loss::{batch_loss, masked_logits, ntp};
+use kvcat_bench::train::LossConfig;
+use kvcat_core::model::ForwardOptions;
+use kvcat_core::policy::build_policy;
+use kvcat_core::registry;
+use kvcat_core::{KvCache, LlamaConfig, MaskPlan, MaskingPolicy, Model, PolicyDescriptor, PolicyInput};
+use kvcat_policies as _;
+use rand::SeedableRng;
+use tch::{nn, Device, Kind, Tensor};
+
+fn cfg(layers: i64, tied: bool) -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 97,
+        hidden_size: 32,
+        intermediate_size: 64,
+        num_hidden_layers: layers,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 8,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10_000.0,
+        max_position_embeddings: 256,
+        tie_word_embeddings: tied,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+fn tiny(layers: i64, tied: bool) -> Model {
+    tch::manual_seed(0);
+    Model::from_config(&cfg(layers, tied), Device::Cpu, Kind::Float).unwrap()
+}
+
+fn tokens(b: i64, t: i64) -> Tensor {
+    tch::manual_seed(1);
+    Tensor::randint(97, [b, t], (Kind::Int64, Device::Cpu))
+}
+
+/// Builds `name` with default params and its own VarStore group.
+fn policy(name: &str, model: &Model, params: toml::Table) -> (Box<dyn MaskingPolicy>, nn::VarStore) {
+    let mut p = build_policy(name, &params).unwrap();
+    let vs = nn::VarStore::new(Device::Cpu);
+    p.init(&(vs.root() / name), &model.config).unwrap();
+    (p, vs)
+}
+
+/// The teacher pass with the captures `p` needs, then its plan.
+fn make_plan(p: &mut dyn MaskingPolicy, model: &Model, x: &Tensor, prefix: i64, kept: i64) -> MaskPlan {
+    let needs = p.needs();
+    let mut cache = KvCache::new();
+    let out = tch::no_grad(|| {
+        model.forward_with(
+            x,
+            &mut cache,
+            &ForwardOptions {
+                capture_queries: needs.queries,
+                capture_attention: needs.attention,
+                capture_hidden: needs.hidden,
+                ..Default::default()
+            },
+        )
+    })
+    .unwrap();
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    p.plan(
+        &PolicyInput {
+            model,
+            tokens: x,
+            prefix_len: prefix,
+            kept,
+            teacher: &out,
+            cache: &cache,
+        },
+        &mut rng,
+    )
+    .unwrap()
+}
+
+#[test]
+fn registry_lists_every_policy_and_rejects_bad_names_and_params() {
+    let all = registry::all::<PolicyDescriptor>().unwrap();
+    for name in kvcat_policies::POLICY_NAMES {
+        assert!(all.contains_key(name), "policy `{name}` not registered");
+    }
+    let e = build_policy("nope", &toml::Table::new()).err().unwrap().to_string();
+    assert!(e.contains("nope") && e.contains("attention_matching") && e.contains("sink_window"), "{e}");
+    for name in kvcat_policies::POLICY_NAMES {
+        let mut t = toml::Table::new();
+        t.insert("bogus_field".into(), toml::Value::Integer(1));
+        let e = build_policy(name, &t).err().unwrap().to_string();
+        assert!(e.contains("bogus_field") && e.contains(name), "{name}: {e}");
+    }
+    let mut t = toml::Table::new();
+    t.insert("sinks".into(), toml::Value::Integer(-1));
+    let e = build_policy("sink_window", &t).err().unwrap().to_string();
+    assert!(e.contains("sinks"), "{e}");
+}
+
+#[test]
+fn every_policy_masks_have_the_right_shape_and_kept_count() {
+    let model = tiny(2, true);
+    let (b, t, p) = (2, 24, 13);
+    let x = tokens(b, t);
+    let all = registry::all::<PolicyDescriptor>().unwrap();
+    for name in all.keys() {
+        let (mut pol, _vs) = policy(name, &model, toml::Table::new());
+        for kept in [1, 5, p] {
+            let plan = make_plan(pol.as_mut(), &model, &x, p, kept);
+            let want = if *name == "none" { p } else { kept };
+            assert_eq!(plan.kept, want, "{name} kept");
+            assert_eq!(plan.prefix_len, p);
+            assert_eq!(plan.keep.len(), 2, "{name}: one mask per layer");
+            for m in &plan.keep {
+                assert_eq!(m.size(), vec![b, 2, p], "{name} mask shape");
+                assert_eq!(m.kind(), Kind::Bool);
+                let per_head = m.sum_dim_intlist(-1, false, Kind::Int64);
+                let expect = Tensor::full([b, 2], want, (Kind::Int64, Device::Cpu));
+                assert!(per_head.equal(&expect), "{name} @ {kept}: {per_head}");
+            }
+            if let Some(soft) = &plan.soft_bias {
+                assert_eq!(soft.len(), 2);
+                assert_eq!(soft[0].size(), vec![b, 2, p], "{name} soft bias shape");
+            }
+        }
+    }
+}
+
+#[test]
+fn sink_window_and_attn_pick_what_they_promise() {
+    let model = tiny(2, true);
+    let x = tokens(1, 20);
+    let (mut sw, _) = policy("sink_window", &model, toml::Table::new());
+    let plan = make_plan(sw.as_mut(), &model, &x, 12, 6);
+    let kept: Vec<bool> = Vec::<bool>::try_from(plan.keep[0].get(0).get(0)).unwrap();
+    let want: Vec<bool> = (0..12).map(|j| j < 4 || j >= 10).collect();
+    assert_eq!(kept, want);
+
+    // ATTN keeps the slots with the largest continuation attention mass.
+    let (mut at, _) = policy("attn", &model, toml::Table::new());
+    let plan = make_plan(at.as_mut(), &model, &x, 12, 3);
+    let mut cache = KvCache::new();
+    let out = tch::no_grad(|| {
+        model.forward_with(&x, &mut cache, &ForwardOptions { capture_attention: true, ..Default::default() })
+    })
+    .unwrap();
+    let probs = &out.attention[1]; // [1, 4, 20, 20]
+    let mass = probs.narrow(2, 12, 8).narrow(3, 0, 12).sum_dim_intlist(2, false, Kind::Float); // [1,4,12]
+    let kv_mass = mass.view([1, 2, 2, 12]).sum_dim_intlist(2, false, Kind::Float);
+    let top = kv_mass.topk(3, -1, true, true).1.sort(-1, false).0;
+    let chosen = plan.keep[1].nonzero().select(1, 2).view([1, 2, 3]);
+    assert!(top.equal(&chosen), "{top} vs {chosen}");
+}
+
+#[test]
+fn none_policy_masked_loss_equals_full_loss() {
+    let model = tiny(2, false);
+    let x = tokens(2, 24);
+    let p = 10;
+    let (mut none, _) = policy("none", &model, toml::Table::new());
+    let plan = make_plan(none.as_mut(), &model, &x, p, 3);
+    let _g = tch::no_grad_guard();
+    let full = model.forward(&x, &mut KvCache::new()).unwrap();
+    let masked = masked_logits(&model, &x, &plan).unwrap();
+    let a = ntp(&full, &x, p).double_value(&[]);
+    let b = ntp(&masked, &x, p).double_value(&[]);
+    assert!((a - b).abs() < 1e-6, "full {a} vs masked {b}");
+    let terms = batch_loss(
+        &model,
+        None,
+        none.as_mut(),
+        &x,
+        p,
+        3,
+        &LossConfig::default(),
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+    )
+    .unwrap();
+    assert!((terms.mask.unwrap() - a).abs() < 1e-6);
+    // and a real mask changes it
+    let (mut sw, _) = policy("sink_window", &model, toml::Table::new());
+    let plan = make_plan(sw.as_mut(), &model, &x, p, 3);
+    let c = ntp(&masked_logits(&model, &x, &plan).unwrap(), &x, p).double_value(&[]);
+    assert!((a - c).abs() > 1e-4, "masking 7 of 10 prefix slots changed nothing");
+}
+
+#[test]
+fn masked_training_pass_equals_decoding_from_a_compressed_cache() {
+    let model = tiny(2, true);
+    let x = tokens(2, 20);
+    let p = 12;
+    for name in ["attn", "rand", "attention_matching"] {
+        let (mut pol, _) = policy(name, &model, toml::Table::new());
+        let plan = make_plan(pol.as_mut(), &model, &x, p, 4);
+        let _g = tch::no_grad_guard();
+        let train = masked_logits(&model, &x, &plan).unwrap().narrow(1, p, 8);
+        let mut cache = model.prefill(&x.narrow(1, 0, p)).unwrap();
+        for (l, keep) in plan.keep.iter().enumerate() {
+            cache.layers[l].keep = Some(keep.shallow_clone());
+        }
+        let dec = model.forward(&x.narrow(1, p, 8), &mut cache).unwrap();
+        let d = (&train - &dec).abs().max().double_value(&[]);
+        assert!(d < 1e-4, "{name}: masked training logits differ from compressed decoding by {d}");
+    }
+}
+
+#[test]
+fn dropped_slots_get_exactly_zero_gradient_from_the_masked_continuation_loss() {
+    // One layer, untied head: a prefix token reaches continuation-query predictions only
+    // through its key and value, so a dropped slot's embedding must get exactly zero gradient.
+    let model = tiny(1, false);
+    let (t, p) = (24i64, 12i64);
+    let ids: Vec<i64> = (0..t).map(|i| (i * 37 + 5) % 97).collect(); // distinct ids
+    let x = Tensor::from_slice(&ids).view([1, t]);
+    let mut params = toml::Table::new();
+    params.insert("sinks".into(), toml::Value::Integer(1));
+    let (mut sw, _) = policy("sink_window", &model, params);
+    let plan = make_plan(sw.as_mut(), &model, &x, p, 3); // keeps slots 0, 10, 11
+    model.vs.variables().values().for_each(|v| {
+        let mut v = v.shallow_clone();
+        v.zero_grad()
+    });
+    let logits = masked_logits(&model, &x, &plan).unwrap();
+    // Targets predicted by continuation queries (positions P..T−1).
+    ntp(&logits, &x, p + 1).backward();
+    let g = model.net.embed_tokens.grad();
+    for j in 1..10 {
+        let row = g.get(ids[j as usize]).abs().sum(Kind::Float).double_value(&[]);
+        assert_eq!(row, 0.0, "dropped slot {j} got gradient {row}");
+    }
+    for j in [0i64, 10, 11, 15] {
+        let row = g.get(ids[j as usize]).abs().sum(Kind::Float).double_value(&[]);
+        assert!(row > 0.0, "kept/continuation slot {j} got no gradient");
+    }
+}
+
+#[test]
+fn router_parameters_receive_gradient() {
+    let model = tiny(2, true);
+    let x = tokens(2, 24);
+    for (input, relaxation) in [("keys", "straight_through"), ("hidden", "log_utility")] {
+        let mut params = toml::Table::new();
+        params.insert("input".into(), toml::Value::String(input.into()));
+        params.insert("relaxation".into(), toml::Value::String(relaxation.into()));
+        params.insert("budget_reg".into(), toml::Value::Float(0.1));
+        let (mut router, vs) = policy("router", &model, params);
+        let loss = LossConfig {
+            w_full: 0.0,
+            ..Default::default()
+        };
+        let terms = batch_loss(
+            &model,
+            None,
+            router.as_mut(),
+            &x,
+            12,
+            4,
+            &loss,
+            &mut rand::rngs::StdRng::seed_from_u64(0),
+        )
+        .unwrap();
+        assert!(terms.reg.is_some());
+        terms.total.backward();
+        let vars = vs.variables();
+        assert_eq!(vars.len(), 4, "{input}: weight and bias per layer");
+        for (n, v) in vars {
+            let g = v.grad();
+            assert!(g.defined(), "{input}: {n} has no gradient");
+            let s = g.abs().sum(Kind::Float).double_value(&[]);
+            assert!(s > 0.0 && s.is_finite(), "{input}: {n} gradient {s}");
+        }
+    }
+}
