@@ -360,6 +360,42 @@ fn unsupported_tensor_element_type() {
 }
 
 #[test]
+fn sharded_checkpoint_errors_name_the_shard_or_index() {
+    let shard = "model-00002-of-00002.safetensors";
+    let edit_shard = |s: &Scratch, edit: &dyn Fn(&mut Vec<(String, Tensor)>)| {
+        let path = s.path(shard);
+        let mut tensors = Tensor::read_safetensors(&path).unwrap();
+        edit(&mut tensors);
+        Tensor::write_safetensors(&tensors, &path).unwrap();
+    };
+    // A tensor of the second shard with the wrong shape: the shard is named.
+    let s = Scratch::copy_of("llama_gqa_sharded", "shardshape");
+    edit_shard(&s, &|ts| {
+        let t = ts.iter_mut().find(|(n, _)| n == "lm_head.weight").unwrap();
+        t.1 = t.1.narrow(0, 0, 10).contiguous();
+    });
+    let (err, msg) = load_err(&s);
+    assert!(
+        matches!(&err, Error::Shape { file, tensor, .. }
+            if file.ends_with(shard) && tensor == "lm_head.weight"),
+        "{err:?}"
+    );
+    assert_names(&msg, &[shard, "lm_head.weight"]);
+
+    // A tensor missing from every shard: reported against the index that lists the names.
+    let s = Scratch::copy_of("llama_gqa_sharded", "shardmissing");
+    edit_shard(&s, &|ts| ts.retain(|(n, _)| n != "lm_head.weight"));
+    let (err, msg) = load_err(&s);
+    assert!(
+        matches!(&err, Error::MissingTensors { file, names }
+            if file.ends_with("model.safetensors.index.json")
+                && names == &vec!["lm_head.weight".to_string()]),
+        "{err:?}"
+    );
+    assert_names(&msg, &["model.safetensors.index.json", "lm_head.weight"]);
+}
+
+#[test]
 fn sharded_checkpoint_with_a_corrupt_index() {
     let s = Scratch::copy_of("llama_gqa_sharded", "badindex");
     std::fs::write(s.path("model.safetensors.index.json"), "{\"weight_map\": [").unwrap();
