@@ -13,6 +13,7 @@ pub mod error;
 pub mod loading;
 pub mod model;
 pub mod policy;
+pub mod positioned;
 pub mod probe;
 pub mod registry;
 pub mod task;

@@ -1,0 +1,198 @@
+//! Forward passes at explicit positions.
+//!
+//! [`Llama::forward_with`] positions new tokens from `cache.seq_len`. Re-prefilling a *subset*
+//! of a context at the tokens' original positions (token-level prompt compression such as
+//! `prompt_lingua`) needs explicit positions instead: [`Llama::forward_at`].
+
+use crate::attention::AttentionCapture;
+use crate::cache::KvCache;
+use crate::model::{ForwardOptions, ForwardOutput, Llama, Logits};
+use crate::{Error, Result};
+use tch::{Kind, Tensor};
+
+impl Llama {
+    /// Like [`Llama::forward_with`], but `tokens` `[b, t]` sit at the explicit `positions`
+    /// `[t]` (int64, strictly increasing; shared by the batch) instead of
+    /// `cache.seq_len .. cache.seq_len + t`. Keys are rotated for those positions and recorded
+    /// with them; causality among the new tokens follows their order. Afterwards
+    /// `cache.seq_len = max(cache.seq_len, last position + 1)`.
+    pub fn forward_at(
+        &self,
+        tokens: &Tensor,
+        positions: &Tensor,
+        cache: &mut KvCache,
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        self.check_tokens(tokens)?;
+        let size = tokens.size();
+        if size.len() != 2 {
+            return Err(Error::invalid(format!(
+                "tokens must be [batch, time], got shape {size:?}"
+            )));
+        }
+        let t = size[1];
+        let device = self.device();
+        let positions = positions.to_device(device).to_kind(Kind::Int64);
+        if positions.size() != [t] {
+            return Err(Error::invalid(format!(
+                "forward_at: positions have shape {:?}, expected [{t}]",
+                positions.size()
+            )));
+        }
+        if t > 1 {
+            let steps = positions.narrow(0, 1, t - 1) - positions.narrow(0, 0, t - 1);
+            if steps.min().int64_value(&[]) < 1 {
+                return Err(Error::invalid(
+                    "forward_at: positions must be strictly increasing",
+                ));
+            }
+        }
+        if positions.min().int64_value(&[]) < 0 {
+            return Err(Error::invalid("forward_at: positions must be ≥ 0"));
+        }
+        let n_layers = self.layers.len();
+        if !cache.is_empty() && cache.layers.len() != n_layers {
+            return Err(Error::invalid(format!(
+                "cache has {} layers, model has {n_layers}",
+                cache.layers.len()
+            )));
+        }
+        if let Some(bias) = opts.layer_bias {
+            if bias.len() != n_layers {
+                return Err(Error::invalid(format!(
+                    "layer_bias has {} entries, model has {n_layers} layers",
+                    bias.len()
+                )));
+            }
+        }
+        let (cos, sin) = crate::attention::rope_tables(
+            &positions,
+            self.config.head_dim,
+            self.config.rope_theta,
+            self.kind(),
+        );
+        let mut x = Tensor::embedding(
+            &self.embed_tokens,
+            &tokens.to_device(device),
+            -1,
+            false,
+            false,
+        );
+        let mut out = ForwardOutput::default();
+        let fresh = cache.is_empty();
+        for (i, layer) in self.layers.iter().enumerate() {
+            if opts.capture_hidden {
+                out.hidden.push(x.shallow_clone());
+            }
+            let capture = AttentionCapture {
+                queries: opts.capture_queries,
+                attention: opts.capture_attention,
+            };
+            let layer_cache = if fresh {
+                None
+            } else {
+                Some(&mut cache.layers[i])
+            };
+            let h = layer.input_layernorm.forward(&x);
+            let (attn_out, new_cache, caught) = layer.self_attn.forward(
+                &h,
+                layer_cache,
+                &positions,
+                (&cos, &sin),
+                opts.layer_bias.map(|b| &b[i]),
+                capture,
+            )?;
+            if let Some(c) = new_cache {
+                cache.layers.push(c);
+            }
+            if let Some(q) = caught.queries {
+                out.queries.push(q);
+            }
+            if let Some(a) = caught.attention {
+                out.attention.push(a);
+            }
+            x = x + attn_out;
+            x = &x
+                + layer
+                    .mlp
+                    .forward(&layer.post_attention_layernorm.forward(&x));
+        }
+        if opts.capture_hidden {
+            out.hidden.push(x.shallow_clone());
+        }
+        let last = positions.int64_value(&[t - 1]);
+        cache.seq_len = cache.seq_len.max(last + 1);
+        out.logits = match opts.logits {
+            Logits::None => None,
+            Logits::All => Some(self.lm_head(&self.norm.forward(&x))),
+            Logits::Last => Some(self.lm_head(&self.norm.forward(&x.narrow(1, t - 1, 1)))),
+        };
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::{KvCache, LlamaConfig, Model};
+    use tch::{Device, Kind, Tensor};
+
+    #[test]
+    fn contiguous_positions_equal_forward_and_gaps_equal_run_by_run_prefill() {
+        tch::manual_seed(1);
+        let cfg = LlamaConfig {
+            vocab_size: 50,
+            hidden_size: 32,
+            intermediate_size: 48,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: 2,
+            head_dim: 8,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            max_position_embeddings: 128,
+            tie_word_embeddings: true,
+            bos_token_id: None,
+            eos_token_ids: vec![],
+        };
+        let m = Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("model");
+        let _g = tch::no_grad_guard();
+        let x = Tensor::randint(50, [1, 10], (Kind::Int64, Device::Cpu));
+        let full = m.forward(&x, &mut KvCache::new()).expect("forward");
+        let pos = Tensor::arange(10, (Kind::Int64, Device::Cpu));
+        let mut c = KvCache::new();
+        let at = m
+            .forward_at(&x, &pos, &mut c, &Default::default())
+            .expect("forward_at")
+            .logits
+            .expect("logits");
+        assert!((&full - &at).abs().max().double_value(&[]) < 1e-5);
+        assert_eq!(c.seq_len, 10);
+        // tokens at positions [0, 1, 2, 6, 7, 9] equal three contiguous runs fed with
+        // forward_with after setting seq_len to each run's start
+        let keep = Tensor::from_slice(&[0i64, 1, 2, 6, 7, 9]);
+        let sub = x.index_select(1, &keep);
+        let mut c1 = KvCache::new();
+        let a = m
+            .forward_at(&sub, &keep, &mut c1, &Default::default())
+            .expect("forward_at")
+            .logits
+            .expect("logits");
+        let mut c2 = KvCache::new();
+        let mut parts = vec![];
+        for (start, len, off) in [(0i64, 3i64, 0i64), (6, 2, 3), (9, 1, 5)] {
+            c2.seq_len = start;
+            parts.push(m.forward(&sub.narrow(1, off, len), &mut c2).expect("run"));
+        }
+        let b = Tensor::cat(&parts, 1);
+        assert!((&a - &b).abs().max().double_value(&[]) < 1e-5);
+        assert_eq!(c1.seq_len, 10);
+        assert!(c1.layers[0].positions.equal(&c2.layers[0].positions));
+        assert!(
+            (&c1.layers[1].k - &c2.layers[1].k)
+                .abs()
+                .max()
+                .double_value(&[])
+                < 1e-5
+        );
+    }
+}
