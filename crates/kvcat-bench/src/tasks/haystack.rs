@@ -107,24 +107,32 @@ impl Haystack<'_> {
                  take about {fixed} tokens"
             )));
         }
-        // Per-unit token counts (with a separator), cached per distinct unit.
-        let distinct: Vec<usize> = self
-            .units
-            .iter()
-            .map(|u| count(&format!("{}{u}", self.separator)))
-            .collect::<Result<_>>()?;
+        // Per-unit token counts (with a separator), computed lazily and cached per unit.
+        let mut unit_tokens: Vec<Option<usize>> = vec![None; self.units.len()];
+        let mut grow = |cum: &mut Vec<usize>| -> Result<()> {
+            let i = cum.len() - 1;
+            let u = i % self.units.len();
+            let c = match unit_tokens[u] {
+                Some(c) => c,
+                None => {
+                    let c = count(&format!("{}{}", self.separator, self.units[u]))?;
+                    unit_tokens[u] = Some(c);
+                    c
+                }
+            };
+            cum.push(cum[i] + c);
+            Ok(())
+        };
         let mut cum = vec![0usize];
         while fixed + cum[cum.len() - 1] < target {
-            let i = cum.len() - 1;
-            cum.push(cum[i] + distinct[i % distinct.len()]);
+            grow(&mut cum)?;
         }
         let mean_unit = (cum[cum.len() - 1] as f64 / (cum.len() - 1).max(1) as f64).max(1.0);
         let mut k = cum.len() - 1;
         let mut best: Option<(usize, SizedContext)> = None;
         for _ in 0..8 {
             while cum.len() <= k {
-                let i = cum.len() - 1;
-                cum.push(cum[i] + distinct[i % distinct.len()]);
+                grow(&mut cum)?;
             }
             let (text, depths) = self.assemble(k, &cum, prefix, suffix, needles);
             let tokens = count(&text)?;
@@ -154,6 +162,31 @@ impl Haystack<'_> {
                 break;
             }
             k = next;
+        }
+        // Unit lengths vary: scan the neighbourhood of the best count too.
+        if let Some((err, b)) = &best {
+            if *err as f64 > target as f64 * LENGTH_TOLERANCE / 2.0 {
+                let center = b.units;
+                for k in center.saturating_sub(6)..=center + 6 {
+                    while cum.len() <= k {
+                        grow(&mut cum)?;
+                    }
+                    let (text, depths) = self.assemble(k, &cum, prefix, suffix, needles);
+                    let tokens = count(&text)?;
+                    let e = tokens.abs_diff(target);
+                    if best.as_ref().is_none_or(|(be, _)| e < *be) {
+                        best = Some((
+                            e,
+                            SizedContext {
+                                text,
+                                tokens,
+                                depths,
+                                units: k,
+                            },
+                        ));
+                    }
+                }
+            }
         }
         let (err, sized) = best.ok_or_else(|| Error::invalid("haystack sizing failed"))?;
         if err as f64 > target as f64 * LENGTH_TOLERANCE {
@@ -189,6 +222,21 @@ pub fn sentences(text: &str) -> Vec<String> {
     }
     if !cur.trim().is_empty() {
         out.push(cur.trim().to_string());
+    }
+    out
+}
+
+/// Splits units longer than `max_words` words into pieces of at most `max_words` words, so
+/// that a haystack can be sized finely.
+pub fn split_long(units: Vec<String>, max_words: usize) -> Vec<String> {
+    let mut out = Vec::with_capacity(units.len());
+    for u in units {
+        let words: Vec<&str> = u.split(' ').collect();
+        if words.len() <= max_words {
+            out.push(u);
+        } else {
+            out.extend(words.chunks(max_words).map(|c| c.join(" ")));
+        }
     }
     out
 }

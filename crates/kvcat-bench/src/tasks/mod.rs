@@ -9,7 +9,9 @@
 //! one at a time from `(seed, index)`, so the first `n` examples do not depend on `n`.
 
 pub mod haystack;
+pub mod niah;
 pub mod passkey;
+pub mod words;
 
 use kvcat_core::{Error, Result};
 use rand::rngs::StdRng;
