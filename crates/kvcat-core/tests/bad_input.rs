@@ -10,6 +10,9 @@ use tch::{Device, Kind, Tensor};
 
 const BASE: &str = "llama_gqa_tied";
 
+/// Named tensors, as safetensors files hold them.
+type Named = Vec<(String, Tensor)>;
+
 fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("tests/fixtures/hf")
@@ -48,7 +51,7 @@ impl Scratch {
         std::fs::write(&path, serde_json::to_string_pretty(&json).unwrap()).unwrap();
     }
     /// Rewrites `model.safetensors` after `edit` changed its named tensors.
-    fn edit_weights(&self, edit: impl FnOnce(&mut Vec<(String, Tensor)>)) {
+    fn edit_weights(&self, edit: impl FnOnce(&mut Named)) {
         let path = self.path("model.safetensors");
         let mut tensors = Tensor::read_safetensors(&path).unwrap();
         edit(&mut tensors);
@@ -362,7 +365,7 @@ fn unsupported_tensor_element_type() {
 #[test]
 fn sharded_checkpoint_errors_name_the_shard_or_index() {
     let shard = "model-00002-of-00002.safetensors";
-    let edit_shard = |s: &Scratch, edit: &dyn Fn(&mut Vec<(String, Tensor)>)| {
+    let edit_shard = |s: &Scratch, edit: &dyn Fn(&mut Named)| {
         let path = s.path(shard);
         let mut tensors = Tensor::read_safetensors(&path).unwrap();
         edit(&mut tensors);
