@@ -1,9 +1,27 @@
-//! `kvcat report` (being written).
+//! `kvcat report DIR`: report.md and quality-vs-budget plots for a results directory.
+
+use anyhow::Context;
+use std::path::PathBuf;
 
 /// Arguments of `kvcat report`.
 #[derive(clap::Args, Debug)]
-pub struct ReportArgs {}
+pub struct ReportArgs {
+    /// A results directory written by `kvcat bench` or `kvcat merge`.
+    pub dir: PathBuf,
+}
 
-pub fn run(_args: ReportArgs) -> anyhow::Result<()> {
-    anyhow::bail!("`kvcat report` is not built yet")
+pub fn run(args: ReportArgs) -> anyhow::Result<()> {
+    let s = crate::report::write_report(&args.dir)
+        .with_context(|| format!("writing the report of {}", args.dir.display()))?;
+    eprintln!(
+        "report of {} of {} cells ({} curves): {}",
+        s.cells,
+        s.grid_cells,
+        s.curves,
+        s.report.display()
+    );
+    for f in &s.figures {
+        eprintln!("  figure {}", f.display());
+    }
+    Ok(())
 }

@@ -1,1 +1,286 @@
-//! (being written)
+//! `kvcat report DIR`: `report.md` (area under the quality–budget curve per policy,
+//! compressor and task; the KV-CAT-minus-`none` gain; the uncompressed references) and
+//! quality-vs-budget figures (`plots/<model>.svg` and `.png`).
+//!
+//! - [`curves`]: curves, normalised AUC, gains;
+//! - [`plot`]: the figures.
+
+pub mod curves;
+pub mod plot;
+
+use crate::results::ResultRow;
+use crate::runner::grid::Grid;
+use crate::runner::manifest::{Manifest, BASELINE_POLICY, REFERENCE_COMPRESSOR};
+use crate::runner::store::{recover, MANIFEST_FILE};
+use curves::{build_curves, gains, higher_is_better, model_label, Curve};
+use kvcat_core::{Error, Result};
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+/// The report file name.
+pub const REPORT_FILE: &str = "report.md";
+/// The figures folder.
+pub const PLOTS_DIR: &str = "plots";
+
+/// What `kvcat report` wrote.
+#[derive(Debug, Default)]
+pub struct ReportSummary {
+    pub report: PathBuf,
+    pub figures: Vec<PathBuf>,
+    pub curves: usize,
+    pub cells: usize,
+    pub grid_cells: usize,
+}
+
+/// Reads a results directory: its resolved manifest and finished rows.
+pub fn load(dir: &Path) -> Result<(Manifest, Vec<ResultRow>, usize)> {
+    let mpath = dir.join(MANIFEST_FILE);
+    if !mpath.exists() {
+        return Err(Error::invalid(format!(
+            "{} is not a kvcat results directory (no {MANIFEST_FILE}); run `kvcat bench` or `kvcat merge` first",
+            dir.display()
+        )));
+    }
+    let m = Manifest::read_resolved(&mpath)?;
+    let rec = recover(dir)?;
+    Ok((m, rec.rows(), rec.cells.len()))
+}
+
+fn fmt_v(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn fmt_gain(v: f64) -> String {
+    if !v.is_finite() {
+        "–".into()
+    } else {
+        format!("{v:+.3}")
+    }
+}
+
+/// Renders `report.md` from curves.
+pub fn render(
+    m: &Manifest,
+    rows: &[ResultRow],
+    curves: &[Curve],
+    cells: usize,
+    grid_cells: usize,
+    figures: &[PathBuf],
+) -> String {
+    let mut s = String::new();
+    let run_id = rows.first().map(|r| r.run_id.clone()).unwrap_or_default();
+    let _ = writeln!(s, "# kvcat report: {}\n", m.name);
+    let revs: BTreeSet<&str> = rows.iter().map(|r| r.git_rev.as_str()).collect();
+    let devices: BTreeSet<String> = rows
+        .iter()
+        .map(|r| format!("{} {}", r.device, r.dtype))
+        .collect();
+    let _ = writeln!(
+        s,
+        "Run `{run_id}`: {cells} of {grid_cells} cells finished, {} rows. Device: {}. Git: {}.\n",
+        rows.len(),
+        devices.into_iter().collect::<Vec<_>>().join(", "),
+        revs.into_iter().collect::<Vec<_>>().join(", ")
+    );
+    if cells < grid_cells {
+        let _ = writeln!(
+            s,
+            "**Incomplete:** {} cells are missing; figures and tables show what exists.\n",
+            grid_cells - cells
+        );
+    }
+    let _ = writeln!(
+        s,
+        "**AUC** is the area under the quality–budget curve divided by the budget range: the mean quality over the swept budgets ({}), including the uncompressed reference at budget 1.0 (trapezoid rule). It is in the metric's own units; ↑ marks metrics where higher is better, ↓ lower.\n",
+        m.budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
+    );
+
+    let models: Vec<&str> = m.model.iter().map(|x| x.name.as_str()).collect();
+    let mut tasks: Vec<(String, String)> = Vec::new();
+    let mut comps: Vec<String> = Vec::new();
+    let mut policies: Vec<String> = Vec::new();
+    for c in curves {
+        if !tasks.iter().any(|(t, _)| t == &c.task) {
+            tasks.push((c.task.clone(), c.metric.clone()));
+        }
+        if !comps.contains(&c.compressor) {
+            comps.push(c.compressor.clone());
+        }
+        if !policies.contains(&c.policy) {
+            policies.push(c.policy.clone());
+        }
+    }
+
+    let _ = writeln!(s, "## Area under the quality–budget curve\n");
+    for (task, metric) in &tasks {
+        let arrow = if higher_is_better(metric) {
+            "↑"
+        } else {
+            "↓"
+        };
+        let _ = writeln!(s, "### {task} — `{metric}` {arrow}\n");
+        let _ = writeln!(s, "| model | policy | {} |", comps.join(" | "));
+        let _ = writeln!(s, "|---|---|{}", "---:|".repeat(comps.len()));
+        for model in &models {
+            for policy in &policies {
+                let vals: Vec<String> = comps
+                    .iter()
+                    .map(|k| {
+                        curves
+                            .iter()
+                            .find(|c| {
+                                c.model == *model
+                                    && &c.policy == policy
+                                    && &c.task == task
+                                    && &c.compressor == k
+                            })
+                            .map(|c| fmt_v(c.auc()))
+                            .unwrap_or_else(|| "–".into())
+                    })
+                    .collect();
+                if vals.iter().all(|v| v == "–") {
+                    continue;
+                }
+                let _ = writeln!(s, "| {model} | {policy} | {} |", vals.join(" | "));
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    let g = gains(curves);
+    let _ = writeln!(s, "## KV-CAT gain over `{BASELINE_POLICY}`\n");
+    if g.is_empty() {
+        let _ = writeln!(
+            s,
+            "No policy besides `{BASELINE_POLICY}` was evaluated against it.\n"
+        );
+    } else {
+        let _ = writeln!(
+            s,
+            "AUC of each policy minus AUC of `{BASELINE_POLICY}` (same model, compressor and task), signed so that **positive is better** (for ↓ metrics the difference is negated). The last column averages over tasks.\n"
+        );
+        let task_names: Vec<&String> = tasks.iter().map(|(t, _)| t).collect();
+        let _ = writeln!(
+            s,
+            "| model | policy | compressor | {} | mean |",
+            task_names
+                .iter()
+                .map(|t| t.as_str())
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+        let _ = writeln!(s, "|---|---|---|{}---:|", "---:|".repeat(task_names.len()));
+        for model in &models {
+            for policy in policies.iter().filter(|p| *p != BASELINE_POLICY) {
+                for k in &comps {
+                    let vals: Vec<f64> = task_names
+                        .iter()
+                        .map(|t| {
+                            g.iter()
+                                .find(|x| {
+                                    x.0 == *model && &x.1 == policy && &x.2 == k && &x.3 == *t
+                                })
+                                .map(|x| x.4)
+                                .unwrap_or(f64::NAN)
+                        })
+                        .collect();
+                    if vals.iter().all(|v| v.is_nan()) {
+                        continue;
+                    }
+                    let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
+                    let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
+                    let _ = writeln!(
+                        s,
+                        "| {model} | {policy} | {k} | {} | {} |",
+                        vals.iter()
+                            .map(|v| fmt_gain(*v))
+                            .collect::<Vec<_>>()
+                            .join(" | "),
+                        fmt_gain(mean)
+                    );
+                }
+            }
+        }
+        let _ = writeln!(s);
+    }
+
+    let _ = writeln!(s, "## Uncompressed reference (budget 1.0)\n");
+    let _ = writeln!(s, "| model | policy | task | metric | value | stderr | n |");
+    let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|");
+    for r in rows.iter().filter(|r| r.compressor == REFERENCE_COMPRESSOR) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            model_label(r),
+            r.policy,
+            r.task,
+            r.metric,
+            fmt_v(r.value),
+            fmt_v(r.stderr),
+            r.n
+        );
+    }
+    let _ = writeln!(s);
+
+    if !figures.is_empty() {
+        let _ = writeln!(s, "## Quality vs budget\n");
+        for f in figures
+            .iter()
+            .filter(|f| f.extension().is_some_and(|e| e == "png"))
+        {
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let _ = writeln!(s, "![{name}]({PLOTS_DIR}/{name})\n");
+        }
+    }
+    s
+}
+
+/// Writes `report.md` and the figures for a results directory.
+pub fn write_report(dir: &Path) -> Result<ReportSummary> {
+    let (m, rows, cells) = load(dir)?;
+    if rows.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no finished cells yet",
+            dir.display()
+        )));
+    }
+    let grid_cells = Grid::expand(&m).map(|g| g.cells.len()).unwrap_or(cells);
+    let curves = build_curves(&m, &rows);
+    let plots = dir.join(PLOTS_DIR);
+    std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
+    let mut figures = Vec::new();
+    for model in &m.model {
+        if !curves.iter().any(|c| c.model == model.name) {
+            continue;
+        }
+        let stem = plots.join(&model.name);
+        plot::write_figure(
+            &stem,
+            &format!("{} — {}", m.name, model.name),
+            &curves,
+            &model.name,
+        )?;
+        figures.push(stem.with_extension("svg"));
+        figures.push(stem.with_extension("png"));
+    }
+    let text = render(&m, &rows, &curves, cells, grid_cells, &figures);
+    let report = dir.join(REPORT_FILE);
+    crate::runner::store::write_atomic(&report, text.as_bytes())?;
+    Ok(ReportSummary {
+        report,
+        figures,
+        curves: curves.len(),
+        cells,
+        grid_cells,
+    })
+}
