@@ -57,3 +57,17 @@ impl IdsFile {
         Ok(ids)
     }
 }
+
+/// Writes named tensors to a safetensors file, creating its parent directory; errors name the
+/// file.
+pub fn write_safetensors(
+    path: &std::path::Path,
+    tensors: &[(&str, tch::Tensor)],
+) -> anyhow::Result<()> {
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("creating output directory {}", parent.display()))?;
+    }
+    tch::Tensor::write_safetensors(tensors, path)
+        .map_err(|e| anyhow::anyhow!("writing {}: {e}", path.display()))
+}

@@ -38,8 +38,7 @@ pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
         .get(0)
         .to_kind(Kind::Float)
         .to_device(tch::Device::Cpu);
-    Tensor::write_safetensors(&[("logits", logits)], &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    super::common::write_safetensors(&args.out, &[("logits", logits)])?;
     Ok(())
 }
 
