@@ -9,8 +9,11 @@
 //! one at a time from `(seed, index)`, so the first `n` examples do not depend on `n`.
 
 pub mod haystack;
+pub mod mqar;
 pub mod niah;
 pub mod passkey;
+pub mod qa;
+pub mod variable_tracking;
 pub mod words;
 
 use kvcat_core::{Error, Result};

@@ -60,11 +60,12 @@ pub fn uuid(rng: &mut impl Rng) -> String {
 /// happens when `n` exceeds the space of `draw`).
 pub fn distinct(n: usize, mut draw: impl FnMut() -> String) -> Vec<String> {
     let mut out: Vec<String> = Vec::with_capacity(n);
+    let mut seen = std::collections::HashSet::with_capacity(n);
     let mut tries = 0;
     while out.len() < n {
         let s = draw();
         tries += 1;
-        if !out.contains(&s) || tries > 100 * n {
+        if seen.insert(s.clone()) || tries > 100 * n {
             out.push(s);
         }
     }

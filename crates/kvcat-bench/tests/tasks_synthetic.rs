@@ -1,0 +1,95 @@
+//! `mqar` and `variable_tracking`: determinism, sizing, answers present, depth.
+
+mod tasks_support;
+use kvcat_bench as _;
+use tasks_support::{context_text, task, tokenizer};
+
+fn within(n: usize, len: usize) -> bool {
+    (n as f64 - len as f64).abs() <= 0.05 * len as f64
+}
+
+#[test]
+fn mqar_examples() {
+    let tok = tokenizer();
+    for len in [128usize, 512, 1500] {
+        let t = task("mqar", &format!("context_len = {len}"));
+        let a = t.examples(&tok, 3, 2).unwrap();
+        assert_eq!(a, t.examples(&tok, 3, 2).unwrap());
+        for e in &a {
+            let text = context_text(e);
+            assert!(within(tok.encode(text).unwrap().len(), len), "{len}");
+            // The asked key appears once in the context, with its value.
+            let key = e.question.lines().last().unwrap().trim_end_matches(':');
+            let line = format!("{key}: {}", e.answers[0]);
+            assert_eq!(
+                text.lines()
+                    .filter(|l| l.starts_with(&format!("{key}:")))
+                    .count(),
+                1
+            );
+            assert!(text.lines().any(|l| l == line), "{line}");
+            // Worked queries replay real pairs.
+            for q in e.question.lines().filter(|l| l.contains(": ")) {
+                assert!(text.lines().any(|l| l == q), "{q}");
+            }
+        }
+    }
+    let e = &task("mqar", "context_len = 400\ndepth = 0.5")
+        .examples(&tok, 1, 0)
+        .unwrap()[0];
+    assert!((e.depth.unwrap() - 0.5).abs() < 0.03);
+}
+
+#[test]
+fn variable_tracking_examples() {
+    let tok = tokenizer();
+    for (len, chains, hops) in [(300usize, 1usize, 4usize), (1000, 2, 3)] {
+        let t = task(
+            "variable_tracking",
+            &format!("context_len = {len}\nnum_chains = {chains}\nnum_hops = {hops}"),
+        );
+        let a = t.examples(&tok, 2, 9).unwrap();
+        assert_eq!(a, t.examples(&tok, 2, 9).unwrap());
+        for e in &a {
+            let text = context_text(e);
+            assert!(within(tok.encode(text).unwrap().len(), len), "{len}");
+            assert_eq!(e.answers.len(), hops + 1);
+            assert_eq!(text.matches("VAR ").count(), chains * (2 * hops + 1));
+            // The chain is in order: each variable is assigned after the previous one.
+            let value = e
+                .question
+                .split("value ")
+                .nth(1)
+                .unwrap()
+                .split(' ')
+                .next()
+                .unwrap();
+            let mut at = text
+                .find(&format!("VAR {} = {value}.", e.answers[0]))
+                .unwrap();
+            for w in e.answers.windows(2) {
+                let next = text.find(&format!("VAR {} = VAR {}.", w[1], w[0])).unwrap();
+                assert!(next > at);
+                at = next;
+            }
+        }
+    }
+}
+
+#[test]
+fn bad_parameters() {
+    for (name, params) in [
+        ("mqar", "depth = 1.01"),
+        ("mqar", "key_len = 0"),
+        ("variable_tracking", "num_hops = 0"),
+        ("variable_tracking", "depth = 0.5"),
+    ] {
+        let table: toml::Table = params.parse().unwrap();
+        let e = kvcat_core::task::build_task(name, &table)
+            .err()
+            .unwrap()
+            .to_string();
+        let field = params.split(' ').next().unwrap();
+        assert!(e.contains(field) && e.contains(name), "{e}");
+    }
+}
