@@ -12,7 +12,9 @@ pub mod haystack;
 pub mod mqar;
 pub mod niah;
 pub mod passkey;
+pub mod ppl;
 pub mod qa;
+pub mod user_file;
 pub mod variable_tracking;
 pub mod words;
 
