@@ -100,6 +100,7 @@ fn eviction_family_and_wrappers_are_registered() {
         "tova",
         "expected_attention",
         "keydiff",
+        "kvzip",
         "adakv",
         "pyramid",
         "compose",

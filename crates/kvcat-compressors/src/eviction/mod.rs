@@ -8,6 +8,7 @@
 pub mod expected_attention;
 pub mod keydiff;
 pub mod knorm;
+pub mod kvzip;
 pub mod observed_attention;
 pub mod random;
 pub mod snapkv;
