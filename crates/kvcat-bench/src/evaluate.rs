@@ -314,8 +314,9 @@ pub fn evaluate(
         .ok_or_else(|| Error::invalid("evaluation produced no result"))
 }
 
-/// Evaluates `examples` at several budgets, prefilling each example once. With no
-/// compressor, returns a single uncompressed result.
+/// Evaluates `examples` at several budgets, prefilling each example once; returns one result
+/// per budget, in order. With no compressor, the uncompressed result is computed once and
+/// returned for every budget (its `budget` is `None`).
 pub fn evaluate_budgets(
     model: &Llama,
     tok: &Tokenizer,
@@ -327,6 +328,7 @@ pub fn evaluate_budgets(
     let _g = tch::no_grad_guard();
     let cells: Vec<Option<Budget>> = match compressor {
         Some(_) => budgets.iter().copied().map(Some).collect(),
+        None if budgets.is_empty() => vec![],
         None => vec![None],
     };
     let mut acc: Vec<Accum> = cells
@@ -440,7 +442,7 @@ pub fn evaluate_budgets(
             xs.iter().sum::<f64>() / xs.len() as f64
         }
     };
-    Ok(acc
+    let results: Vec<EvalResult> = acc
         .into_iter()
         .map(|a| EvalResult {
             budget: a.budget,
@@ -451,7 +453,11 @@ pub fn evaluate_budgets(
             extra: a.extra.values(),
             predictions: a.predictions,
         })
-        .collect())
+        .collect();
+    match (compressor, results.first()) {
+        (None, Some(r)) => Ok(vec![r.clone(); budgets.len()]),
+        _ => Ok(results),
+    }
 }
 
 /// The token length of a prepared context (with BOS), for reports.

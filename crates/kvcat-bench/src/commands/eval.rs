@@ -97,6 +97,9 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .iter()
         .map(|b| b.parse::<Budget>())
         .collect::<kvcat_core::Result<_>>()?;
+    if args.compressor == "none" && budgets.len() > 1 {
+        bail!("several --budget values need a --compressor (`none` keeps the whole cache)");
+    }
     let task_params = parse_assignments(&args.task_set).context("--task-set")?;
     let comp_params = parse_assignments(&args.set).context("--set")?;
     let task = kvcat_core::task::build_task(&args.task, &task_params)?;
