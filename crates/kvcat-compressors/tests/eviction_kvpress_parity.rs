@@ -13,13 +13,14 @@ use tch::{Device, Kind, Tensor};
 
 /// kvcat names; `pyramid` and `adakv` wrap their default inner scorer, SnapKV, as kvpress's
 /// `PyramidKVPress` and `AdaKVPress(SnapKVPress())` do.
-const PRESSES: [&str; 8] = [
+const PRESSES: [&str; 9] = [
     "streaming_llm",
     "knorm",
     "snapkv",
     "tova",
     "observed_attention",
     "expected_attention",
+    "keydiff",
     "pyramid",
     "adakv",
 ];
