@@ -149,8 +149,8 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         .as_ref()
         .map(|c| params_string(&c.params()))
         .unwrap_or_default();
-    let device = format!("{:?}", model.device()).to_lowercase();
-    let dtype = format!("{:?}", model.kind()).to_lowercase();
+    let device = kvcat_core::device::device_name(model.device());
+    let dtype = kvcat_core::device::dtype_name(model.kind()).to_string();
     let git_rev = git_revision();
     let run_id = format!(
         "eval-{}",
