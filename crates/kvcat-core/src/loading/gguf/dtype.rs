@@ -158,7 +158,7 @@ fn f16_column(blocks: &Tensor, at: i64) -> Tensor {
 /// Splits the 16 nibble bytes at `at` of each block into 32 codes `[n_blocks, 32]` (f32):
 /// low nibbles first (values 0..16), then high nibbles (values 16..32).
 fn nibbles(blocks: &Tensor, at: i64) -> Tensor {
-    let q = blocks.narrow(1, at, 16).to_kind(Kind::Int16);
+    let q = blocks.narrow(1, at, 16);
     Tensor::cat(
         &[q.bitwise_and(15), q.bitwise_right_shift_tensor_scalar(4)],
         1,
@@ -198,22 +198,25 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], shape: &[i64]) -> Result<Tensor> {
         GgmlType::Q4_0 => {
             let b = blocks()?;
             let d = f16_column(&b, 0);
-            ((nibbles(&b, 2) - 8.0) * d).reshape(shape)
+            let mut q = nibbles(&b, 2);
+            let _ = q.g_sub_scalar_(8.0).g_mul_(&d);
+            q.reshape(shape)
         }
         GgmlType::Q4_1 => {
             let b = blocks()?;
             let (d, m) = (f16_column(&b, 0), f16_column(&b, 2));
-            (nibbles(&b, 4) * d + m).reshape(shape)
+            m.addcmul(&nibbles(&b, 4), &d).reshape(shape)
         }
         GgmlType::Q8_0 => {
             let b = blocks()?;
             let d = f16_column(&b, 0);
-            let q = b
+            let mut q = b
                 .narrow(1, 2, 32)
                 .contiguous()
                 .view_dtype(Kind::Int8)
                 .to_kind(Kind::Float);
-            (q * d).reshape(shape)
+            let _ = q.g_mul_(&d);
+            q.reshape(shape)
         }
         GgmlType::Other(_) => {
             return Err(Error::invalid(format!("{ty} has no decoder")));
