@@ -373,11 +373,11 @@ impl Manifest {
                 .map(|t| t.get_ref().clone())
                 .unwrap_or_default();
             let built = build_policy(p.name.get_ref(), &params).map_err(|e| {
-                let span = match (&e, &p.params) {
-                    (Error::Params { .. }, Some(t)) => t.span(),
-                    _ => p.name.span(),
+                let (span, f) = match (&e, &p.params) {
+                    (Error::Params { .. }, Some(t)) => (t.span(), "params"),
+                    _ => (p.name.span(), "name"),
                 };
-                loc.at(Some(span), format!("{field}.name"), e.to_string())
+                loc.at(Some(span), format!("{field}.{f}"), e.to_string())
             })?;
             let spec = PolicySpec {
                 name: built.name().to_string(),
@@ -413,11 +413,11 @@ impl Manifest {
                 .map(|t| t.get_ref().clone())
                 .unwrap_or_default();
             let built = build_compressor(c.name.get_ref(), &params).map_err(|e| {
-                let span = match (&e, &c.params) {
-                    (Error::Params { .. }, Some(t)) => t.span(),
-                    _ => c.name.span(),
+                let (span, f) = match (&e, &c.params) {
+                    (Error::Params { .. }, Some(t)) => (t.span(), "params"),
+                    _ => (c.name.span(), "name"),
                 };
-                loc.at(Some(span), format!("{field}.name"), e.to_string())
+                loc.at(Some(span), format!("{field}.{f}"), e.to_string())
             })?;
             let spec = PluginSpec {
                 name: built.name().to_string(),
@@ -467,11 +467,11 @@ impl Manifest {
             let params = build_task(t.name.get_ref(), &params)
                 .map(|t| t.params())
                 .map_err(|e| {
-                    let span = match (&e, &t.params) {
-                        (Error::Params { .. }, Some(p)) => p.span(),
-                        _ => t.name.span(),
+                    let (span, f) = match (&e, &t.params) {
+                        (Error::Params { .. }, Some(p)) => (p.span(), "params"),
+                        _ => (t.name.span(), "name"),
                     };
-                    loc.at(Some(span), format!("{field}.name"), e.to_string())
+                    loc.at(Some(span), format!("{field}.{f}"), e.to_string())
                 })?;
             let spec = TaskSpec {
                 name: t.name.get_ref().clone(),
@@ -520,8 +520,22 @@ impl Manifest {
         };
         // Training tables are checked by building every checkpoint's training config.
         super::checkpoints::plan_checkpoints(&manifest).map_err(|e| {
-            let span = raw.train.as_ref().map(|t| t.span());
-            loc.at(span, "train", e.to_string())
+            let reason = match e {
+                Error::Config { file, reason, .. } => format!("{file}: {reason}"),
+                other => other.to_string(),
+            };
+            // A pretraining table's error points at that model's `pretrain`.
+            let pretrain = raw.model.iter().enumerate().find_map(|(i, m)| {
+                let label = format!("training job {}/pretrain:", m.name.get_ref().trim());
+                match &m.pretrain {
+                    Some(p) if reason.starts_with(&label) => Some((i, p.span())),
+                    _ => None,
+                }
+            });
+            match pretrain {
+                Some((i, span)) => loc.at(Some(span), format!("model[{i}].pretrain"), reason),
+                None => loc.at(raw.train.as_ref().map(|t| t.span()), "train", reason),
+            }
         })?;
         Ok(manifest)
     }

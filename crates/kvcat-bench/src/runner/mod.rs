@@ -284,7 +284,7 @@ pub fn run_bench(
         pb.set_style(cell_style());
         pb.set_prefix(m.name.clone());
         pb.enable_steady_tick(Duration::from_millis(500));
-        let git_rev = crate::results::git_revision();
+        let git_rev = git_rev().to_string();
         let mut i = 0;
         while i < todo.len() {
             let allowance = match opts.max_cells {
@@ -376,6 +376,12 @@ pub fn run_bench(
     summary.reused = ckpts.reused;
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
+}
+
+/// The git revision, read once per process (rows of one process never disagree).
+pub fn git_rev() -> &'static str {
+    static REV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    REV.get_or_init(crate::results::git_revision)
 }
 
 /// The default checkpoint cache of a results directory.
