@@ -1,5 +1,5 @@
 //! kvpress 0.5.5 parity: on tiny random-init HF Llama checkpoints (GQA and MHA), kvcat's
-//! eviction compressors (and the `pyramid`, `adakv` wrappers) keep the same positions as kvpress (≤ 2% disagreement, for ties) and
+//! eviction compressors (and the `pyramid`, `adakv` wrappers, and `kvzip`) keep the same positions as kvpress (≤ 2% disagreement, for ties) and
 //! the continuation logits decoded after compression match kvpress + transformers within 1e-3.
 //!
 //! Fixtures come from `tools/fixtures/make_kvpress_fixtures.py`.
@@ -13,7 +13,7 @@ use tch::{Device, Kind, Tensor};
 
 /// kvcat names; `pyramid` and `adakv` wrap their default inner scorer, SnapKV, as kvpress's
 /// `PyramidKVPress` and `AdaKVPress(SnapKVPress())` do.
-const PRESSES: [&str; 9] = [
+const PRESSES: [&str; 10] = [
     "streaming_llm",
     "knorm",
     "snapkv",
@@ -23,6 +23,7 @@ const PRESSES: [&str; 9] = [
     "keydiff",
     "pyramid",
     "adakv",
+    "kvzip",
 ];
 const BUDGETS: [f64; 3] = [0.75, 0.5, 0.25];
 
@@ -65,7 +66,14 @@ fn check_model(name: &str) {
 
     let mut report = vec![];
     for press in PRESSES {
-        let comp = build_compressor(press, &toml::Table::new()).expect("build");
+        let mut params = toml::Table::new();
+        if press == "kvzip" {
+            // kvpress tokenizes its repeat prompt (+ chat suffix); kvcat takes the ids.
+            let ids = Vec::<i64>::try_from(&expected["kvzip.instruction_ids"]).expect("ids");
+            let ids: Vec<toml::Value> = ids.into_iter().map(toml::Value::from).collect();
+            params.insert("instruction_ids".into(), ids.into());
+        }
+        let comp = build_compressor(press, &params).expect("build");
         for b in BUDGETS {
             let key = format!("{press}@{b}");
             let input = CompressionInput {
