@@ -2,6 +2,8 @@
 //! the Q/K un-permutation, a tiny random Llama written as GGUF and loaded back with equal
 //! logits, and bad input (bad magic, truncation, unsupported type/architecture/tokenizer).
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use half::{bf16, f16};
 use kvcat_core::loading::gguf::{self, dequantize, GgmlType, Value};
 use kvcat_core::loading::gguf_tokenizer;

@@ -2,6 +2,8 @@
 //! round-trip, and perplexity on real English prose. Each test skips with a notice when the
 //! asset is absent (`make test` fetches it; CI always has it).
 
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
+
 use kvcat_core::loading::gguf::{self, GgufFile};
 use kvcat_core::loading::gguf_tokenizer;
 use kvcat_core::{KvCache, Model};
@@ -73,6 +75,20 @@ fn smollm2_tokenizer_round_trips_text() {
     for text in ROUND_TRIP {
         let ids = tok.encode(text).unwrap();
         assert_eq!(&tok.decode(&ids).unwrap(), text, "ids {ids:?}");
+    }
+    // A long stretch of real prose (hard line breaks, em dashes, quotes, digits).
+    if let Some(essays) = asset(ESSAYS) {
+        let json: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(essays).unwrap()).unwrap();
+        let text: String = json["text"]
+            .as_str()
+            .unwrap()
+            .chars()
+            .take(20_000)
+            .collect();
+        let ids = tok.encode(&text).unwrap();
+        assert!(ids.len() > 3000, "{} tokens", ids.len());
+        assert_eq!(tok.decode(&ids).unwrap(), text);
     }
     // Digits are split one per token (tokenizer.ggml.pre = "smollm").
     let ids = tok.encode("12345").unwrap();

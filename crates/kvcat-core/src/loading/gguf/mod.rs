@@ -18,12 +18,12 @@ use std::collections::HashMap;
 use std::path::Path;
 use tch::{nn, Device, Tensor};
 
+/// Tensors keyed by HF name, each with the file it came from (what `hf::fill_vars` takes).
+pub type NamedTensors = HashMap<String, (Tensor, String)>;
+
 /// Decodes every mapped tensor of `g` to f32 on the CPU, keyed by HF name, with the Q/K
 /// permutation undone. Returns the tensors and the GGUF names that have no HF mapping.
-pub fn read_tensors(
-    g: &GgufFile,
-    cfg: &crate::LlamaConfig,
-) -> Result<(HashMap<String, (Tensor, String)>, Vec<String>)> {
+pub fn read_tensors(g: &GgufFile, cfg: &crate::LlamaConfig) -> Result<(NamedTensors, Vec<String>)> {
     let file = g.file();
     let mut out = HashMap::new();
     let mut unmapped = Vec::new();
