@@ -80,12 +80,31 @@ fn gguf_bytes(kvs: &[(&str, Kv)], tensors: &[TensorOut]) -> Vec<u8> {
     b
 }
 
-fn tmp_file(name: &str, bytes: &[u8]) -> PathBuf {
+/// A file in a per-process temp directory, removed when dropped.
+struct TmpFile(PathBuf);
+
+impl std::ops::Deref for TmpFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir); // only succeeds once the last file is gone
+        }
+    }
+}
+
+fn tmp_file(name: &str, bytes: &[u8]) -> TmpFile {
     let dir = std::env::temp_dir().join(format!("kvcat-gguf-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
-    p
+    TmpFile(p)
 }
 
 fn f32_tensor(name: &str, t: &Tensor) -> TensorOut {
@@ -311,7 +330,7 @@ fn permute(w: &Tensor, heads: i64) -> Tensor {
 
 /// Writes `model` as a llama GGUF the way llama.cpp's converter would (permuted Q/K rows,
 /// reversed dims, no `output.weight` when tied). Large matrices as F16, the rest F32.
-fn write_like_llama_cpp(model: &Model, name: &str) -> PathBuf {
+fn write_like_llama_cpp(model: &Model, name: &str) -> TmpFile {
     let cfg = &model.config;
     let mut tensors = Vec::new();
     let vars = model.vs.variables();
@@ -393,7 +412,7 @@ fn tiny_llama_written_as_gguf_loads_back_with_equal_logits() {
 
 // ---------------------------------------------------------------- bad input
 
-fn minimal_file(name: &str, arch: &'static str, tensor_ty: u32) -> PathBuf {
+fn minimal_file(name: &str, arch: &'static str, tensor_ty: u32) -> TmpFile {
     let mut kvs = llama_kvs();
     kvs[0] = ("general.architecture", Kv::Str(arch));
     let t = TensorOut {
