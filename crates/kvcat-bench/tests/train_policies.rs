@@ -7,7 +7,9 @@ use kvcat_bench::train::LossConfig;
 use kvcat_core::model::ForwardOptions;
 use kvcat_core::policy::build_policy;
 use kvcat_core::registry;
-use kvcat_core::{KvCache, LlamaConfig, MaskPlan, MaskingPolicy, Model, PolicyDescriptor, PolicyInput};
+use kvcat_core::{
+    KvCache, LlamaConfig, MaskPlan, MaskingPolicy, Model, PolicyDescriptor, PolicyInput,
+};
 use kvcat_policies as _;
 use rand::SeedableRng;
 use tch::{nn, Device, Kind, Tensor};
@@ -41,7 +43,11 @@ fn tokens(b: i64, t: i64) -> Tensor {
 }
 
 /// Builds `name` with default params and its own VarStore group.
-fn policy(name: &str, model: &Model, params: toml::Table) -> (Box<dyn MaskingPolicy>, nn::VarStore) {
+fn policy(
+    name: &str,
+    model: &Model,
+    params: toml::Table,
+) -> (Box<dyn MaskingPolicy>, nn::VarStore) {
     let mut p = build_policy(name, &params).unwrap();
     let vs = nn::VarStore::new(Device::Cpu);
     p.init(&(vs.root() / name), &model.config).unwrap();
@@ -49,7 +55,13 @@ fn policy(name: &str, model: &Model, params: toml::Table) -> (Box<dyn MaskingPol
 }
 
 /// The teacher pass with the captures `p` needs, then its plan.
-fn make_plan(p: &mut dyn MaskingPolicy, model: &Model, x: &Tensor, prefix: i64, kept: i64) -> MaskPlan {
+fn make_plan(
+    p: &mut dyn MaskingPolicy,
+    model: &Model,
+    x: &Tensor,
+    prefix: i64,
+    kept: i64,
+) -> MaskPlan {
     let needs = p.needs();
     let mut cache = KvCache::new();
     let out = tch::no_grad(|| {
@@ -86,8 +98,14 @@ fn registry_lists_every_policy_and_rejects_bad_names_and_params() {
     for name in kvcat_policies::POLICY_NAMES {
         assert!(all.contains_key(name), "policy `{name}` not registered");
     }
-    let e = build_policy("nope", &toml::Table::new()).err().unwrap().to_string();
-    assert!(e.contains("nope") && e.contains("attention_matching") && e.contains("sink_window"), "{e}");
+    let e = build_policy("nope", &toml::Table::new())
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("nope") && e.contains("attention_matching") && e.contains("sink_window"),
+        "{e}"
+    );
     for name in kvcat_policies::POLICY_NAMES {
         let mut t = toml::Table::new();
         t.insert("bogus_field".into(), toml::Value::Integer(1));
@@ -144,12 +162,24 @@ fn sink_window_and_attn_pick_what_they_promise() {
     let plan = make_plan(at.as_mut(), &model, &x, 12, 3);
     let mut cache = KvCache::new();
     let out = tch::no_grad(|| {
-        model.forward_with(&x, &mut cache, &ForwardOptions { capture_attention: true, ..Default::default() })
+        model.forward_with(
+            &x,
+            &mut cache,
+            &ForwardOptions {
+                capture_attention: true,
+                ..Default::default()
+            },
+        )
     })
     .unwrap();
     let probs = &out.attention[1]; // [1, 4, 20, 20]
-    let mass = probs.narrow(2, 12, 8).narrow(3, 0, 12).sum_dim_intlist(2, false, Kind::Float); // [1,4,12]
-    let kv_mass = mass.view([1, 2, 2, 12]).sum_dim_intlist(2, false, Kind::Float);
+    let mass = probs
+        .narrow(2, 12, 8)
+        .narrow(3, 0, 12)
+        .sum_dim_intlist(2, false, Kind::Float); // [1,4,12]
+    let kv_mass = mass
+        .view([1, 2, 2, 12])
+        .sum_dim_intlist(2, false, Kind::Float);
     let top = kv_mass.topk(3, -1, true, true).1.sort(-1, false).0;
     let chosen = plan.keep[1].nonzero().select(1, 2).view([1, 2, 3]);
     assert!(top.equal(&chosen), "{top} vs {chosen}");
@@ -184,7 +214,10 @@ fn none_policy_masked_loss_equals_full_loss() {
     let (mut sw, _) = policy("sink_window", &model, toml::Table::new());
     let plan = make_plan(sw.as_mut(), &model, &x, p, 3);
     let c = ntp(&masked_logits(&model, &x, &plan).unwrap(), &x, p).double_value(&[]);
-    assert!((a - c).abs() > 1e-4, "masking 7 of 10 prefix slots changed nothing");
+    assert!(
+        (a - c).abs() > 1e-4,
+        "masking 7 of 10 prefix slots changed nothing"
+    );
 }
 
 #[test]
@@ -203,7 +236,10 @@ fn masked_training_pass_equals_decoding_from_a_compressed_cache() {
         }
         let dec = model.forward(&x.narrow(1, p, 8), &mut cache).unwrap();
         let d = (&train - &dec).abs().max().double_value(&[]);
-        assert!(d < 1e-4, "{name}: masked training logits differ from compressed decoding by {d}");
+        assert!(
+            d < 1e-4,
+            "{name}: masked training logits differ from compressed decoding by {d}"
+        );
     }
 }
 
@@ -228,11 +264,19 @@ fn dropped_slots_get_exactly_zero_gradient_from_the_masked_continuation_loss() {
     ntp(&logits, &x, p + 1).backward();
     let g = model.net.embed_tokens.grad();
     for j in 1..10 {
-        let row = g.get(ids[j as usize]).abs().sum(Kind::Float).double_value(&[]);
+        let row = g
+            .get(ids[j as usize])
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]);
         assert_eq!(row, 0.0, "dropped slot {j} got gradient {row}");
     }
     for j in [0i64, 10, 11, 15] {
-        let row = g.get(ids[j as usize]).abs().sum(Kind::Float).double_value(&[]);
+        let row = g
+            .get(ids[j as usize])
+            .abs()
+            .sum(Kind::Float)
+            .double_value(&[]);
         assert!(row > 0.0, "kept/continuation slot {j} got no gradient");
     }
 }

@@ -25,7 +25,9 @@ fn corpus(dir: &Path) -> PathBuf {
     let mut z: u64 = 12345;
     for line in 0..2000 {
         for _ in 0..6 {
-            z = z.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            z = z
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             s.push_str(words[(z >> 33) as usize % words.len()]);
             s.push(' ');
         }
@@ -64,8 +66,12 @@ fn tiny_config(corpus: &Path, cache: &Path) -> TrainConfig {
     c.optim.warmup = 1;
     c.eval.sequences = 4;
     c.policy.name = "router".into();
-    c.policy.params.insert("gumbel".into(), toml::Value::Float(1.0));
-    c.policy.params.insert("budget_reg".into(), toml::Value::Float(0.1));
+    c.policy
+        .params
+        .insert("gumbel".into(), toml::Value::Float(1.0));
+    c.policy
+        .params
+        .insert("budget_reg".into(), toml::Value::Float(0.1));
     c.loss.w_kd = 0.5;
     c
 }
@@ -99,7 +105,9 @@ fn resume_continues_bit_for_bit_and_the_checkpoint_loads() {
     let sb = train(&cfg, &b, &opts).unwrap();
     assert!(sb.interrupted && sb.steps == 2);
     // Without --resume an existing checkpoint is refused.
-    let e = train(&cfg, &b, &TrainRunOptions::default()).unwrap_err().to_string();
+    let e = train(&cfg, &b, &TrainRunOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("--resume"), "{e}");
     let resumed = TrainRunOptions {
         resume: true,
@@ -107,7 +115,11 @@ fn resume_continues_bit_for_bit_and_the_checkpoint_loads() {
     };
     let sb = train(&cfg, &b, &resumed).unwrap();
     assert_eq!(sb.steps, 4);
-    for f in ["model.safetensors", "optimizer.safetensors", "policy.safetensors"] {
+    for f in [
+        "model.safetensors",
+        "optimizer.safetensors",
+        "policy.safetensors",
+    ] {
         assert_same(&a.join(f), &b.join(f));
     }
     assert_eq!(sa.final_eval, sb.final_eval);
@@ -155,7 +167,10 @@ fn content_hash_is_canonical() {
 
 fn err_of(cfg: &TrainConfig, root: &Path) -> String {
     let out = root.join(format!("out-{}", cfg.content_hash()));
-    format!("{:#}", train(cfg, &out, &TrainRunOptions::default()).unwrap_err())
+    format!(
+        "{:#}",
+        train(cfg, &out, &TrainRunOptions::default()).unwrap_err()
+    )
 }
 
 #[test]
@@ -172,7 +187,9 @@ fn bad_input_errors_name_the_field() {
     c.policy.name = "nope".into();
     check(c, &["policy.name", "nope", "attn"]);
     let mut c = base.clone();
-    c.policy.params.insert("unknown_knob".into(), toml::Value::Integer(3));
+    c.policy
+        .params
+        .insert("unknown_knob".into(), toml::Value::Integer(3));
     check(c, &["policy", "unknown_knob"]);
     let mut c = base.clone();
     c.budget = BudgetSchedule::Uniform { min: 0.0, max: 0.5 };
@@ -204,7 +221,10 @@ fn bad_input_errors_name_the_field() {
     assert!(format!("{e:#}").contains("budget.max"), "{e:#}");
     let e = TrainConfig::from_toml_str(&format!("stepz = 3\n{good}")).unwrap_err();
     assert!(format!("{e:#}").contains("stepz"), "{e:#}");
-    let bad_budget = good.replace("kind = \"log_uniform\"\nmin = 0.1\nmax = 1.0", "kind = \"fixed\"\nvalues = [2.5]");
+    let bad_budget = good.replace(
+        "kind = \"log_uniform\"\nmin = 0.1\nmax = 1.0",
+        "kind = \"fixed\"\nvalues = [2.5]",
+    );
     assert_ne!(bad_budget, good);
     let e = TrainConfig::from_toml_str(&bad_budget).unwrap_err();
     assert!(format!("{e:#}").contains("2.5"), "{e:#}");
@@ -222,10 +242,14 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     cfg.steps = 6;
     cfg.save_every = 1;
     let out = root.join("out");
-    let e = format!("{:#}", train(&cfg, &out, &TrainRunOptions::default()).unwrap_err());
+    let e = format!(
+        "{:#}",
+        train(&cfg, &out, &TrainRunOptions::default()).unwrap_err()
+    );
     assert!(e.contains("not finite") && e.contains("step"), "{e}");
     let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(out.join("trainer_state.json")).unwrap())
+            .unwrap();
     let saved = state["step"].as_u64().unwrap();
     assert!(saved >= 1 && saved < 6, "saved step {saved}");
     assert!(e.contains(&format!("step {saved})")), "{e}");

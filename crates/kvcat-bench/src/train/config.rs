@@ -242,7 +242,8 @@ pub struct SplitConfig {
 pub struct EvalConfig {
     /// Evaluate every this many steps (0: only before and after training).
     pub every: usize,
-    /// Held-out sequences per evaluation (the first ones, always the same).
+    /// Held-out sequences per evaluation (the first ones, always the same); 0 turns
+    /// evaluation off.
     pub sequences: usize,
     /// Budget of the masked held-out loss (a fraction or slot count), or none.
     pub budget: Option<Budget>,

@@ -279,7 +279,11 @@ pub fn train(
         .clone()
         .context("the model has no tokenizer")?;
     let data = TrainData::prepare(cfg, &tok, eos_id(&model, &tok), &cache_dir)?;
-    let heldout = data.heldout_batches(cfg.eval.sequences, device)?;
+    let heldout = if cfg.eval.sequences > 0 {
+        data.heldout_batches(cfg.eval.sequences, device)?
+    } else {
+        Vec::new()
+    };
 
     let mut policy_vs = nn::VarStore::new(device);
     tch::manual_seed(cfg.seed as i64 ^ 0x5EED);
@@ -314,7 +318,7 @@ pub fn train(
         },
     };
     let mut last_saved = (state.step > 0).then_some(state.step);
-    if state.evals.is_empty() {
+    if state.evals.is_empty() && !heldout.is_empty() {
         state
             .evals
             .push(evaluate(&model, policy.as_mut(), &heldout, cfg, 0)?);
@@ -436,7 +440,7 @@ pub fn train(
         bar.inc(1);
         last = Some(log);
         let done = state.step == cfg.steps;
-        if cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !done {
+        if cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !done && !heldout.is_empty() {
             let e = evaluate(&model, policy.as_mut(), &heldout, cfg, state.step)?;
             bar.println(format!(
                 "step {}: held-out NTP {:.4}{}",
@@ -450,7 +454,7 @@ pub fn train(
         }
         let stop = opts.stop_after == Some(state.step) && !done;
         if done || stop || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {
-            if done {
+            if done && !heldout.is_empty() {
                 state.evals.push(evaluate(
                     &model,
                     policy.as_mut(),
