@@ -8,7 +8,7 @@
 
 use crate::cache::LayerCache;
 use crate::config::LlamaConfig;
-use crate::model::Linear;
+use crate::model::{Linear, WeightInit};
 use crate::{Error, Result};
 use tch::nn;
 use tch::{Kind, Tensor};
@@ -71,13 +71,13 @@ pub struct Attention {
 }
 
 impl Attention {
-    pub fn new(p: &nn::Path, cfg: &LlamaConfig) -> Self {
+    pub fn new(p: &nn::Path, cfg: &LlamaConfig, init: WeightInit) -> Self {
         let (h, d) = (cfg.hidden_size, cfg.head_dim);
         Attention {
-            q_proj: Linear::new(&(p / "q_proj"), h, cfg.num_attention_heads * d),
-            k_proj: Linear::new(&(p / "k_proj"), h, cfg.num_key_value_heads * d),
-            v_proj: Linear::new(&(p / "v_proj"), h, cfg.num_key_value_heads * d),
-            o_proj: Linear::new(&(p / "o_proj"), cfg.num_attention_heads * d, h),
+            q_proj: Linear::new(&(p / "q_proj"), h, cfg.num_attention_heads * d, init),
+            k_proj: Linear::new(&(p / "k_proj"), h, cfg.num_key_value_heads * d, init),
+            v_proj: Linear::new(&(p / "v_proj"), h, cfg.num_key_value_heads * d, init),
+            o_proj: Linear::new(&(p / "o_proj"), cfg.num_attention_heads * d, h, init),
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: d,

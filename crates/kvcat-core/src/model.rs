@@ -81,17 +81,32 @@ pub struct Linear {
     pub weight: Tensor,
 }
 
+/// How freshly declared weight matrices are filled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightInit {
+    /// N(0, 0.02), as HF initialises Llama (for training from scratch).
+    Random,
+    /// Zeros, for variables a checkpoint overwrites right away (skips the random draw,
+    /// which dominates load time for small models).
+    ForLoading,
+}
+
+impl WeightInit {
+    fn init(self) -> Init {
+        match self {
+            WeightInit::Random => Init::Randn {
+                mean: 0.0,
+                stdev: 0.02,
+            },
+            WeightInit::ForLoading => Init::Const(0.0),
+        }
+    }
+}
+
 impl Linear {
-    pub fn new(p: &nn::Path, in_dim: i64, out_dim: i64) -> Self {
+    pub fn new(p: &nn::Path, in_dim: i64, out_dim: i64, init: WeightInit) -> Self {
         Linear {
-            weight: p.var(
-                "weight",
-                &[out_dim, in_dim],
-                Init::Randn {
-                    mean: 0.0,
-                    stdev: 0.02,
-                },
-            ),
+            weight: p.var("weight", &[out_dim, in_dim], init.init()),
         }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -108,12 +123,12 @@ pub struct Mlp {
 }
 
 impl Mlp {
-    pub fn new(p: &nn::Path, cfg: &LlamaConfig) -> Self {
+    pub fn new(p: &nn::Path, cfg: &LlamaConfig, init: WeightInit) -> Self {
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         Mlp {
-            gate_proj: Linear::new(&(p / "gate_proj"), h, i),
-            up_proj: Linear::new(&(p / "up_proj"), h, i),
-            down_proj: Linear::new(&(p / "down_proj"), i, h),
+            gate_proj: Linear::new(&(p / "gate_proj"), h, i, init),
+            up_proj: Linear::new(&(p / "up_proj"), h, i, init),
+            down_proj: Linear::new(&(p / "down_proj"), i, h, init),
         }
     }
     pub fn forward(&self, x: &Tensor) -> Tensor {
@@ -144,23 +159,27 @@ pub struct Llama {
 
 impl Llama {
     /// Declares every variable under `root` with HF names (`model.…`, `lm_head.weight`).
-    /// Fresh variables get N(0, 0.02) init, norms 1; load a checkpoint afterwards to overwrite.
+    /// Fresh variables get N(0, 0.02) init and norms 1 (for training from scratch).
     pub fn new(root: &nn::Path, cfg: &LlamaConfig) -> Self {
+        Self::with_init(root, cfg, WeightInit::Random)
+    }
+
+    /// Declares the variables for a loader that fills every one of them from a checkpoint.
+    pub fn for_loading(root: &nn::Path, cfg: &LlamaConfig) -> Self {
+        Self::with_init(root, cfg, WeightInit::ForLoading)
+    }
+
+    /// Declares every variable under `root` with HF names, filled per `init`.
+    pub fn with_init(root: &nn::Path, cfg: &LlamaConfig, init: WeightInit) -> Self {
         let m = root / "model";
-        let embed_tokens = (&m / "embed_tokens").var(
-            "weight",
-            &[cfg.vocab_size, cfg.hidden_size],
-            Init::Randn {
-                mean: 0.0,
-                stdev: 0.02,
-            },
-        );
+        let embed_tokens =
+            (&m / "embed_tokens").var("weight", &[cfg.vocab_size, cfg.hidden_size], init.init());
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let lp = &m / "layers" / i;
                 DecoderLayer {
-                    self_attn: Attention::new(&(&lp / "self_attn"), cfg),
-                    mlp: Mlp::new(&(&lp / "mlp"), cfg),
+                    self_attn: Attention::new(&(&lp / "self_attn"), cfg, init),
+                    mlp: Mlp::new(&(&lp / "mlp"), cfg, init),
                     input_layernorm: RmsNorm::new(
                         &(&lp / "input_layernorm"),
                         cfg.hidden_size,
@@ -176,7 +195,7 @@ impl Llama {
             .collect();
         let norm = RmsNorm::new(&(&m / "norm"), cfg.hidden_size, cfg.rms_norm_eps);
         let lm_head = (!cfg.tie_word_embeddings)
-            .then(|| Linear::new(&(root / "lm_head"), cfg.hidden_size, cfg.vocab_size));
+            .then(|| Linear::new(&(root / "lm_head"), cfg.hidden_size, cfg.vocab_size, init));
         Llama {
             config: cfg.clone(),
             embed_tokens,

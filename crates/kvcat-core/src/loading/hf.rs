@@ -159,7 +159,7 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Model> {
     let files = shard_files(dir)?;
     let tensors = read_tensors(&files)?;
     let vs = nn::VarStore::new(device);
-    let net = Llama::new(&vs.root(), &cfg);
+    let net = Llama::for_loading(&vs.root(), &cfg);
     let optional: &[&str] = if cfg.tie_word_embeddings {
         &["lm_head.weight"]
     } else {

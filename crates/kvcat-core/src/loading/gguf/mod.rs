@@ -58,7 +58,7 @@ pub fn load_model(path: &Path, device: Device) -> Result<Model> {
     let tokenizer = super::gguf_tokenizer::from_gguf(&g)?;
     let (tensors, unmapped) = read_tensors(&g, &cfg)?;
     let vs = nn::VarStore::new(device);
-    let net = Llama::new(&vs.root(), &cfg);
+    let net = Llama::for_loading(&vs.root(), &cfg);
     let unused = super::hf::fill_vars(&vs, tensors, &file, &[])?;
     if !unused.is_empty() || !unmapped.is_empty() {
         tracing::warn!(
