@@ -133,7 +133,7 @@ impl Kvzip {
                 let best = probs
                     .view([1, kvh, attn.groups() * r, len])
                     .amax([2], false); // [1, kv, len]
-                let _ = scores[l].narrow(2, start, len).copy_(&best);
+                scores[l].narrow(2, start, len).copy_(&best);
             }
             start += len;
         }
