@@ -160,6 +160,7 @@ impl Checkpoints<'_> {
             };
             pb.set_style(train_style());
             pb.set_prefix(format!("train {}", job.label));
+            Plain::new(progress).line(format!("training {} …", job.label));
             let t0 = Instant::now();
             let trained = exec.train(job, init.as_deref(), &tmp, &pb);
             pb.finish_and_clear();
@@ -167,6 +168,12 @@ impl Checkpoints<'_> {
             trained?;
             training::write_job_record(job, &tmp)?;
             std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+            Plain::new(progress).line(format!(
+                "trained {} in {:.0}s → {}",
+                job.label,
+                t0.elapsed().as_secs_f64(),
+                dir.display()
+            ));
             let _ = bars.println(format!(
                 "trained {} in {:.0}s → {}",
                 job.label,
@@ -200,6 +207,44 @@ impl Checkpoints<'_> {
         match &self.grid.checkpoints[c].weights {
             Weights::Path(p) => Ok(PathBuf::from(p)),
             Weights::Job(j) => self.ensure_job(*j, exec, bars, progress),
+        }
+    }
+}
+
+/// Progress lines for logs: when stderr is not a terminal (Slurm, CI, pipes) the bars hide
+/// themselves, so plain lines with counts and an ETA are printed instead.
+struct Plain {
+    on: bool,
+    start: Instant,
+}
+
+fn process_start() -> Instant {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *START.get_or_init(Instant::now)
+}
+
+impl Plain {
+    fn new(progress: bool) -> Plain {
+        use std::io::IsTerminal;
+        Plain {
+            on: progress && !std::io::stderr().is_terminal(),
+            start: process_start(),
+        }
+    }
+    fn line(&self, msg: impl std::fmt::Display) {
+        if self.on {
+            eprintln!("[{:>7.1}s] {msg}", self.start.elapsed().as_secs_f64());
+        }
+    }
+    fn cells(&self, done: usize, total: usize, label: &str) {
+        if self.on {
+            let el = self.start.elapsed().as_secs_f64();
+            let eta = if done > 0 {
+                el / done as f64 * (total - done) as f64
+            } else {
+                f64::NAN
+            };
+            self.line(format!("cells {done}/{total} (ETA {eta:.0}s): {label}"));
         }
     }
 }
@@ -280,6 +325,7 @@ pub fn run_bench(
             }
         }
     } else {
+        let plain = Plain::new(opts.progress);
         let pb = bars.add(ProgressBar::new(todo.len() as u64));
         pb.set_style(cell_style());
         pb.set_prefix(m.name.clone());
@@ -361,6 +407,7 @@ pub fn run_bench(
                     Err(e) => {
                         let label = cell_label(m, &grid, cell);
                         let _ = bars.println(format!("cell {} ({label}) failed: {e}", cell.id));
+                        plain.line(format!("cell {} ({label}) failed: {e}", cell.id));
                         tracing::error!("cell {} ({label}) failed: {e}", cell.id);
                         summary
                             .failed
@@ -369,6 +416,11 @@ pub fn run_bench(
                 }
                 pb.inc(1);
             }
+            plain.cells(
+                summary.ran + summary.failed.len(),
+                todo.len(),
+                &cell_label(m, &grid, group[group.len() - 1]),
+            );
         }
         pb.finish_and_clear();
     }
