@@ -2,6 +2,7 @@
 //! continuations, two compressors at two budgets, a retrieval task and compressed-prefix
 //! perplexity; then the report; then a `kill -9` of the real binary mid-run and a resume
 //! that yields the same rows.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use kvcat_compressors as _;
 use kvcat_policies as _;
 

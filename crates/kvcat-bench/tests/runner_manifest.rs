@@ -1,5 +1,6 @@
 //! Manifest parsing: the mini manifest resolves; bad manifests fail with `file:line:column`,
 //! the field, and the known names.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use kvcat_compressors as _;
 use kvcat_policies as _;
 

@@ -1,5 +1,6 @@
 //! `merge`: shards of one manifest merge into exactly the unsharded results; mismatched
 //! manifests are refused; missing shards are counted.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use kvcat_compressors as _;
 use kvcat_policies as _;
 

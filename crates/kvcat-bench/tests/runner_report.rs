@@ -1,4 +1,5 @@
 //! `report`: normalised AUC, signed gains over `none`, and the written report and figures.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use kvcat_compressors as _;
 use kvcat_policies as _;
 

@@ -1,6 +1,7 @@
 //! Durability of results directories, with a fake executor: a stable header, skip on
 //! re-run, resume after stopping or crashing at any byte, manifest mismatch refusal,
 //! checkpoint caching, and failed cells retried.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use kvcat_compressors as _;
 use kvcat_policies as _;
 

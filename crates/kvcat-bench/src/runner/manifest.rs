@@ -336,14 +336,14 @@ impl Manifest {
                 (Some(_), Some(p)) => {
                     return Err(loc.at(
                         Some(p.span()),
-                        format!("{field}"),
+                        field.clone(),
                         "give either `path` or `pretrain`, not both",
                     ));
                 }
                 (None, None) => {
                     return Err(loc.at(
                         Some(m.name.span()),
-                        format!("{field}"),
+                        field.clone(),
                         "give `path` (HF directory or .gguf) or `pretrain` (a training table)",
                     ));
                 }

@@ -82,10 +82,11 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
                     reason: format!("cell {id} is not in the manifest's grid"),
                 });
             }
-            if found.contains_key(&id) {
-                summary.duplicates += 1;
-            } else {
-                found.insert(id, rows);
+            match found.entry(id) {
+                std::collections::hash_map::Entry::Occupied(_) => summary.duplicates += 1,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(rows);
+                }
             }
         }
     }

@@ -1,6 +1,7 @@
 //! Shared pieces of the runner tests: a mini manifest over the real registries and a fake
 //! executor whose rows are a deterministic function of the cell, so the runner's ordering,
 //! caching and durability are tested without training or evaluating anything.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use indicatif::ProgressBar;
