@@ -1,6 +1,8 @@
 //! `kvcat eval` end to end on a tiny random checkpoint saved with a tokenizer: the table, CSV
 //! rows, and clear errors for bad input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod tasks_support;
 use kvcat_bench::results::ResultRow;
 use kvcat_core::{LlamaConfig, Model};

@@ -2,6 +2,8 @@
 //! exactly as the uncompressed path; a real budget is achieved and changes the perplexity;
 //! bad lengths are clear errors.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod tasks_support;
 use kvcat_bench::evaluate::{
     check_task_fits, evaluate, evaluate_budgets, prepare, CellInfo, EvalOptions,

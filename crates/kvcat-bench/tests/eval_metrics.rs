@@ -1,5 +1,7 @@
 //! Metric functions on hand-worked cases.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use kvcat_bench::metrics::*;
 
 fn s(v: &[&str]) -> Vec<String> {

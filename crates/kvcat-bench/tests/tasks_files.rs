@@ -1,5 +1,7 @@
 //! `jsonl` user files and `ppl_continuation` windows: parsing, bad input, determinism, sizes.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod tasks_support;
 use kvcat_bench as _;
 use kvcat_core::task::{build_task, Context, Metric};

@@ -1,6 +1,8 @@
 //! The RULER needle family: registration, determinism, sizing, needles and answers in place,
 //! depth, bad input.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod tasks_support;
 use kvcat_bench as _;
 use tasks_support::{context_text, task, tokenizer};

@@ -1,5 +1,7 @@
 //! `passkey`: determinism, length within ±5%, needle depth, training text, bad parameters.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod tasks_support;
 use kvcat_bench as _;
 use tasks_support::{context_text, task, tokenizer};

@@ -1,6 +1,8 @@
 //! `qa_squad` and `qa_hotpot`: every example contains its gold paragraph(s), is sized within
 //! ±5%, deterministic; the gold position follows `depth`; a missing file is a clear error.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod tasks_support;
 use kvcat_bench::tasks::qa;
 use kvcat_core::task::Task;

@@ -1,5 +1,7 @@
 //! `mqar` and `variable_tracking`: determinism, sizing, answers present, depth.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod tasks_support;
 use kvcat_bench as _;
 use tasks_support::{context_text, task, tokenizer};

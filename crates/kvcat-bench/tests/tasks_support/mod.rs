@@ -2,6 +2,8 @@
 //! in-process on filler sentences and a slice of the essays, so tests need no tokenizer file.
 #![allow(dead_code)]
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use kvcat_core::Tokenizer;
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::models::TrainerWrapper;
