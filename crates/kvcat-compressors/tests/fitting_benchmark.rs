@@ -14,6 +14,8 @@
 //! Text: the Paul Graham essays of the long-context eval assets; the held-out queries are those
 //! of the real next 128 tokens of the text.
 
+#![allow(clippy::unwrap_used)]
+
 use kvcat_compressors as _;
 use kvcat_compressors::fitting::attention_output_error;
 use kvcat_core::compressor::build_compressor;

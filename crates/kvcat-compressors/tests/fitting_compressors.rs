@@ -2,6 +2,8 @@
 //! budget, lower held-out attention-output error than the eviction compressors at the same
 //! budget, a monotonically decreasing Adam loss, and determinism.
 
+#![allow(clippy::unwrap_used)]
+
 use kvcat_compressors as _;
 use kvcat_compressors::fitting::attention_matching::{AttentionMatching, AttentionMatchingParams};
 use kvcat_compressors::fitting::kv_fit::{KvFit, KvFitParams};

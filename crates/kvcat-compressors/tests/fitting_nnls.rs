@@ -1,6 +1,8 @@
 //! NNLS: a hand-solved case, and on random problems never a negative weight plus the KKT
 //! conditions of optimality (for both solvers).
 
+#![allow(clippy::unwrap_used)]
+
 use kvcat_compressors::fitting::nnls::{self, Method};
 use tch::{Device, Kind, Tensor};
 

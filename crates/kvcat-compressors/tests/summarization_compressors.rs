@@ -3,6 +3,8 @@
 //! `prompt_lingua` keeps exactly the budgeted tokens by self-information and never touches the
 //! question.
 
+#![allow(clippy::unwrap_used)]
+
 use kvcat_compressors as _;
 use kvcat_compressors::fitting::attention_output;
 use kvcat_compressors::summarization::prompt_lingua::{select, self_information};
@@ -141,7 +143,7 @@ fn chunk_mean_is_exact_on_duplicated_adjacent_slots() {
             .compress(&inp2);
         if params.contains_key("weighting") {
             // attention weighting needs the prefill hidden states and says so
-            let e = r.err().expect("needs hidden").to_string();
+            let e = r.expect_err("needs hidden").to_string();
             assert!(e.contains("hidden states"), "{e}");
         } else {
             assert_eq!(r.unwrap().cache.layers[0].k.size()[2], 12);

@@ -111,7 +111,7 @@ impl Llama {
             if let Some(a) = caught.attention {
                 out.attention.push(a);
             }
-            x = x + attn_out;
+            x += attn_out;
             x = &x
                 + layer
                     .mlp

@@ -95,7 +95,7 @@ impl Default for AttentionMatchingParams {
 impl AttentionMatchingParams {
     fn compact_options(&self, t: i64) -> CompactOptions {
         let batch = if self.omp_batch == 0 {
-            ((t as usize) + 15) / 16
+            (t as usize).div_ceil(16)
         } else {
             self.omp_batch
         };
@@ -254,7 +254,7 @@ impl Compressor for AttentionMatching {
 
 fn build(table: &toml::Table) -> Result<Box<dyn Compressor>> {
     let params: AttentionMatchingParams = parse_params("compressor", "attention_matching", table)?;
-    if params.max_queries < 0 || !(params.ridge >= 0.0) {
+    if params.max_queries < 0 || params.ridge.is_nan() || params.ridge < 0.0 {
         return Err(Error::Params {
             kind: "compressor",
             name: "attention_matching".into(),

@@ -110,7 +110,7 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, o: Option<&Tensor>) -> (Tensor, Te
     let scale = 1.0 / (k.size()[3] as f64).sqrt();
     let mut logits = q.matmul(&k.transpose(-2, -1)) * scale;
     if let Some(o) = o {
-        logits = logits + o.unsqueeze(2);
+        logits += o.unsqueeze(2);
     }
     let lse = logits.logsumexp(&[-1i64][..], false);
     let p = (logits - lse.unsqueeze(-1)).exp();
@@ -326,7 +326,11 @@ impl KvFit {
             name: "kv_fit".into(),
             reason,
         };
-        if !(params.lr > 0.0) || !(params.tol >= 0.0) || !(params.mass_weight >= 0.0) {
+        let bad_float = |x: f64, min: f64| x.is_nan() || x < min;
+        if bad_float(params.lr, f64::MIN_POSITIVE)
+            || bad_float(params.tol, 0.0)
+            || bad_float(params.mass_weight, 0.0)
+        {
             return Err(bad(format!(
                 "lr must be > 0, tol and mass_weight ≥ 0 (got lr {}, tol {}, mass_weight {})",
                 params.lr, params.tol, params.mass_weight

@@ -86,7 +86,7 @@ impl Compressor for ChunkMean {
                 Weighting::Attention => window_mass(input, i, self.params.mass_window)?,
             };
             if let Some(m) = &layer.keep {
-                weight = weight * m.to_kind(Kind::Float);
+                weight *= m.to_kind(Kind::Float);
             }
             // the position of each chunk's last slot: max j with ⌊j·t/n⌋ = c is ⌈(c+1)·n/t⌉ − 1
             let c = Tensor::arange(t, (Kind::Int64, dev));

@@ -114,7 +114,7 @@ impl Compressor for KvMerge {
             let assign = sim.argmax(-1, false).scatter(2, &kept, &group);
             let mut mass = window_mass(input, i, self.params.mass_window)?;
             if let Some(m) = &layer.keep {
-                mass = mass * m.to_kind(Kind::Float);
+                mass *= m.to_kind(Kind::Float);
             }
             let positions = layer.positions.gather(2, &kept, false);
             layers.push(pool(layer, &assign, &mass, positions, t, self.params.bias)?);
