@@ -256,3 +256,29 @@ fn a_diverging_run_stops_and_keeps_its_last_good_checkpoint() {
     Model::load(&out, Device::Cpu, Kind::Float).unwrap();
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn frozen_teacher_distillation_runs_and_logs_every_term() {
+    let root = scratch_dir("frozen");
+    let mut cfg = tiny_config(&corpus(&root), &root.join("cache"));
+    cfg.policy = kvcat_bench::train::PolicyConfig {
+        name: "attention_matching".into(),
+        params: toml::Table::new(),
+    };
+    cfg.loss.teacher = kvcat_bench::train::TeacherChoice::Frozen;
+    cfg.loss.w_kd = 1.0;
+    cfg.steps = 2;
+    let out = root.join("out");
+    let s = train(&cfg, &out, &TrainRunOptions::default()).unwrap();
+    let last = s.last.unwrap();
+    let (mask, kd, full) = (last.mask.unwrap(), last.kd.unwrap(), last.full.unwrap());
+    assert!(mask.is_finite() && full.is_finite());
+    // The masked student differs from the unmasked frozen teacher whenever slots are dropped.
+    assert!(kd > 0.0 && kd.is_finite(), "kd {kd}");
+    assert!(last.kept_fraction > 0.0 && last.kept_fraction <= 1.0);
+    assert!(
+        !out.join("policy.safetensors").exists(),
+        "attention_matching has no parameters"
+    );
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -34,7 +34,10 @@ fn median(v: &mut [f64]) -> f64 {
 #[test]
 #[ignore]
 fn policy_step_throughput() {
-    let rounds: usize = std::env::var("ROUNDS").ok().and_then(|s| s.parse().ok()).unwrap_or(12);
+    let rounds: usize = std::env::var("ROUNDS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(12);
     let base = TrainConfig::default();
     let lc = base.model.config.clone().unwrap();
     let (b, t) = (8i64, 128i64);
@@ -54,9 +57,20 @@ fn policy_step_throughput() {
                 let pvs = nn::VarStore::new(Device::Cpu);
                 policy.init(&(pvs.root() / *name), &lc).unwrap();
                 let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-                vars.extend(pvs.variables().into_iter().map(|(n, t)| (format!("policy.{n}"), t)));
+                vars.extend(
+                    pvs.variables()
+                        .into_iter()
+                        .map(|(n, t)| (format!("policy.{n}"), t)),
+                );
                 let opt = AdamW::new(vars, &OptimConfig::default());
-                Arm { name: name.to_string(), model, policy, _pvs: pvs, opt, times: vec![] }
+                Arm {
+                    name: name.to_string(),
+                    model,
+                    policy,
+                    _pvs: pvs,
+                    opt,
+                    times: vec![],
+                }
             })
             .collect();
         for round in 0..rounds + 1 {
@@ -69,7 +83,17 @@ fn policy_step_throughput() {
                 let t0 = Instant::now();
                 arm.opt.zero_grad();
                 let mut prng = step_rng(0, round, 0, Stream::Policy);
-                let terms = batch_loss(&arm.model, None, arm.policy.as_mut(), &x, p, kept, &loss, &mut prng).unwrap();
+                let terms = batch_loss(
+                    &arm.model,
+                    None,
+                    arm.policy.as_mut(),
+                    &x,
+                    p,
+                    kept,
+                    &loss,
+                    &mut prng,
+                )
+                .unwrap();
                 terms.total.backward();
                 arm.opt.clip_grad_norm(1.0);
                 arm.opt.step(1e-3);
@@ -108,7 +132,14 @@ fn policy_step_throughput() {
     let cache = KvCache::new();
     let plan = pol
         .plan(
-            &kvcat_core::PolicyInput { model: &model, tokens: &x, prefix_len: 64, kept: 16, teacher: &teacher, cache: &cache },
+            &kvcat_core::PolicyInput {
+                model: &model,
+                tokens: &x,
+                prefix_len: 64,
+                kept: 16,
+                teacher: &teacher,
+                cache: &cache,
+            },
             &mut step_rng(0, 0, 0, Stream::Policy),
         )
         .unwrap();
