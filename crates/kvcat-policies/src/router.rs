@@ -200,7 +200,7 @@ impl MaskingPolicy for RouterPolicy {
                     .view(pick.size().as_slice())
                     .to_device(pick.device())
                     .to_kind(pick.kind());
-                pick = pick + noise * self.params.gumbel;
+                pick += noise * self.params.gumbel;
             }
             keep.push(topk_mask(&pick, input.kept));
             let ls = (&s / tau).log_sigmoid();
