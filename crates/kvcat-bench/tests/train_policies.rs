@@ -318,3 +318,72 @@ fn router_parameters_receive_gradient() {
         }
     }
 }
+
+/// `‖X w − X 1‖²` from the Gram matrix: `1ᵀG1 − 2(G1)ᵀw + wᵀGw`, per row `[N]`.
+fn omp_residual(gram: &Tensor, w: &Tensor) -> Tensor {
+    let c = gram.sum_dim_intlist(-1, false, Kind::Double);
+    let total = c.sum_dim_intlist(-1, false, Kind::Double);
+    let gw = gram.matmul(&w.unsqueeze(-1)).squeeze_dim(-1);
+    total - (&c * w).sum_dim_intlist(-1, false, Kind::Double) * 2.0
+        + (w * gw).sum_dim_intlist(-1, false, Kind::Double)
+}
+
+#[test]
+fn attention_matching_omp_fits_better_than_random_subsets() {
+    use kvcat_policies::attention_matching::omp_select;
+    tch::manual_seed(3);
+    let (n, nq, p, d, k) = (3i64, 48i64, 40i64, 8i64, 8i64);
+    let opts = (Kind::Double, Device::Cpu);
+    let q = Tensor::randn([n, nq, d], opts) * 2.0;
+    let keys = Tensor::randn([n, p, d], opts);
+    let v = Tensor::randn([n, p, d], opts);
+    let logits = q.matmul(&keys.transpose(-2, -1)) / (d as f64).sqrt();
+    let a = (&logits - logits.max_dim(-1, true).0).exp();
+    let gram = a.transpose(-2, -1).matmul(&a) * (v.matmul(&v.transpose(-2, -1)) + 1.0);
+    let (sel, w) = omp_select(&gram, k, 1e-4);
+    let counts = sel.sum_dim_intlist(-1, false, Kind::Int64);
+    assert!(counts.equal(&Tensor::full([n], k, (Kind::Int64, Device::Cpu))));
+    assert_eq!(
+        w.ne(0.0)
+            .logical_and(&sel.logical_not())
+            .sum(Kind::Int64)
+            .int64_value(&[]),
+        0
+    );
+    let omp = omp_residual(&gram, &w);
+    // Random subsets of the same size with their own (ridge, non-negative) least-squares fit;
+    // OMP beats the best of 15 (by about 25 % at these sizes).
+    let mut rand_res: Vec<Vec<f64>> = vec![vec![]; n as usize];
+    for s in 0..15 {
+        tch::manual_seed(100 + s);
+        let idx = Tensor::rand([n, p], opts).topk(k, -1, true, false).1;
+        let g_ss = gram
+            .gather(1, &idx.unsqueeze(-1).expand([n, k, p], false), false)
+            .gather(2, &idx.unsqueeze(1).expand([n, k, k], false), false);
+        let c_s = gram
+            .sum_dim_intlist(-1, false, Kind::Double)
+            .gather(1, &idx, false);
+        let scale = g_ss.diagonal(0, -2, -1).mean_dim(-1, true, Kind::Double);
+        let lhs = &g_ss + Tensor::eye(k, opts).unsqueeze(0) * (scale.unsqueeze(-1) * 1e-4);
+        let ws = Tensor::linalg_solve(&lhs, &c_s.unsqueeze(-1), true)
+            .squeeze_dim(-1)
+            .clamp_min(0.0);
+        let w_full = Tensor::zeros([n, p], opts).scatter(1, &idx, &ws);
+        let r = omp_residual(&gram, &w_full);
+        for i in 0..n {
+            rand_res[i as usize].push(r.double_value(&[i]));
+        }
+    }
+    for i in 0..n {
+        let mut rs = rand_res[i as usize].clone();
+        rs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+        let o = omp.double_value(&[i]);
+        let total = gram.get(i).sum(Kind::Double).double_value(&[]);
+        assert!(
+            o < rs[0],
+            "head {i}: OMP residual {o} vs best random {} (total {total})",
+            rs[0]
+        );
+        assert!(o < total, "OMP must explain part of the target");
+    }
+}
