@@ -31,6 +31,9 @@ pub struct BenchArgs {
     /// Train (or find cached) the checkpoints this shard needs, then stop.
     #[arg(long)]
     pub train_only: bool,
+    /// With --dry-run: skip the measured time estimate.
+    #[arg(long)]
+    pub no_estimate: bool,
     /// Stop after running N cells (finished cells are kept; a re-run continues).
     #[arg(long, value_name = "N")]
     pub max_cells: Option<usize>,
@@ -55,7 +58,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     opts.max_cells = args.max_cells;
     opts.train_only = args.train_only;
     if args.dry_run {
-        return dry_run(&manifest, &opts);
+        return dry_run(&manifest, &opts, !args.no_estimate);
     }
     let mut exec = RealExecutor::new(&manifest)?;
     let summary = crate::runner::run_bench(&manifest, &opts, &mut exec)
@@ -91,7 +94,7 @@ fn grid_formula(m: &Manifest, grid: &Grid) -> String {
     )
 }
 
-fn dry_run(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<()> {
+fn dry_run(m: &Manifest, opts: &BenchOptions, with_estimate: bool) -> anyhow::Result<()> {
     let grid = Grid::expand(m)?;
     let cells = shard_cells(&grid, opts.shard);
     let done: BTreeSet<String> = if opts.out.join(RESULTS_FILE).exists() {
@@ -161,6 +164,10 @@ fn dry_run(m: &Manifest, opts: &BenchOptions) -> anyhow::Result<()> {
         cells.len() - todo.len(),
         opts.out.display()
     );
+    if !with_estimate {
+        return Ok(());
+    }
+    eprintln!("measuring a training step and one example per compressor for the estimate (--no-estimate skips this)…");
     let est = estimate(m, &grid, &todo, &opts.checkpoints);
     println!(
         "estimate: training {}, evaluation {}, total {} ({})",
