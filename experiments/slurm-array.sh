@@ -31,8 +31,9 @@ GPUS=${GPUS_PER_TASK:-1}
 [[ "$N" =~ ^[1-9][0-9]*$ ]] || { echo "error: N must be a positive integer, got '$N'" >&2; exit 1; }
 command -v sbatch >/dev/null || { echo "error: sbatch not found (not on a Slurm cluster?)" >&2; exit 1; }
 
-# Validate the manifest and show the grid before submitting anything.
-"$KVCAT" bench "$MANIFEST" --out "$OUT/shard-0" --checkpoints "$OUT/checkpoints" --dry-run
+# Validate the manifest and show the grid before submitting anything (no estimate: login
+# nodes should not measure models).
+"$KVCAT" bench "$MANIFEST" --out "$OUT/shard-0" --checkpoints "$OUT/checkpoints" --dry-run --no-estimate
 
 mkdir -p "$OUT/logs"
 common=(--gres="gpu:$GPUS" --cpus-per-task=8 "$@")
