@@ -11,7 +11,7 @@
 # SLURM_ARRAY_TASK_ID/N, so re-submitting the array, or single failed tasks (e.g.
 # `sbatch --array=3,7 …` with the same --wrap), resumes exactly the missing cells.
 #
-# Environment: KVCAT (default target/release/kvcat), GPUS_PER_TASK (default 1),
+# Environment: KVCAT (default target/release/kvcat), GPUS_PER_TASK (default 1; 0 for CPU),
 # TIME_TRAIN / TIME_SHARD (default 24:00:00 / 12:00:00).
 set -euo pipefail
 
@@ -36,7 +36,8 @@ command -v sbatch >/dev/null || { echo "error: sbatch not found (not on a Slurm 
 "$KVCAT" bench "$MANIFEST" --out "$OUT/shard-0" --checkpoints "$OUT/checkpoints" --dry-run --no-estimate
 
 mkdir -p "$OUT/logs"
-common=(--gres="gpu:$GPUS" --cpus-per-task=8 "$@")
+common=(--cpus-per-task=8 "$@")
+if [[ "$GPUS" != 0 ]]; then common+=(--gres="gpu:$GPUS"); fi
 
 train=$(sbatch --parsable "${common[@]}" --job-name=kvcat-train \
     --time="${TIME_TRAIN:-24:00:00}" --output="$OUT/logs/train-%j.out" \
