@@ -88,7 +88,7 @@ fn report_tables_gains_and_figures() {
         .split('|')
         .filter_map(|c| c.trim().parse().ok())
         .collect();
-    assert_eq!(nums.len(), 2, "{line}");
+    assert_eq!(nums.len(), 1, "{line}");
     assert!(nums.iter().all(|v| (v - expected).abs() < 1e-3), "{line}");
     let png = std::fs::read(dir.join("plots/tiny.png")).unwrap();
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n");

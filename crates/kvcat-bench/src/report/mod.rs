@@ -164,19 +164,19 @@ pub fn render(
     } else {
         let _ = writeln!(
             s,
-            "AUC of each policy minus AUC of `{BASELINE_POLICY}` (same model, compressor and task), signed so that **positive is better** (for ↓ metrics the difference is negated). The last column averages over tasks.\n"
+            "AUC of each policy minus AUC of `{BASELINE_POLICY}` (same model, compressor and task), signed so that **positive is better** (for ↓ metrics the difference is negated).\n"
         );
         let task_names: Vec<&String> = tasks.iter().map(|(t, _)| t).collect();
         let _ = writeln!(
             s,
-            "| model | policy | compressor | {} | mean |",
+            "| model | policy | compressor | {} |",
             task_names
                 .iter()
                 .map(|t| t.as_str())
                 .collect::<Vec<_>>()
                 .join(" | ")
         );
-        let _ = writeln!(s, "|---|---|---|{}---:|", "---:|".repeat(task_names.len()));
+        let _ = writeln!(s, "|---|---|---|{}", "---:|".repeat(task_names.len()));
         for model in &models {
             for policy in policies.iter().filter(|p| *p != BASELINE_POLICY) {
                 for k in &comps {
@@ -194,16 +194,13 @@ pub fn render(
                     if vals.iter().all(|v| v.is_nan()) {
                         continue;
                     }
-                    let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
-                    let mean = finite.iter().sum::<f64>() / finite.len().max(1) as f64;
                     let _ = writeln!(
                         s,
-                        "| {model} | {policy} | {k} | {} | {} |",
+                        "| {model} | {policy} | {k} | {} |",
                         vals.iter()
                             .map(|v| fmt_gain(*v))
                             .collect::<Vec<_>>()
-                            .join(" | "),
-                        fmt_gain(mean)
+                            .join(" | ")
                     );
                 }
             }
