@@ -194,7 +194,13 @@ fn model_sources_and_reference_compressor() {
         "[model.pretrain]",
         "path = \"no/such/model.gguf\"\n[unused.pretrain]",
     );
-    assert!(Manifest::parse(&text, "m.toml").is_err());
+    let e = err(&text);
+    let (l, c) = pos(&text, "\"no/such/model.gguf\"");
+    assert!(e.starts_with(&format!("m.toml:{l}:{c}:")), "{e}");
+    assert!(
+        e.contains("model[0].path") && e.contains("does not exist"),
+        "{e}"
+    );
 }
 
 #[test]

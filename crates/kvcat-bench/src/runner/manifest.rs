@@ -349,6 +349,18 @@ impl Manifest {
                 }
                 _ => {}
             }
+            if let Some(p) = &m.path {
+                if !Path::new(p.get_ref()).exists() {
+                    return Err(loc.at(
+                        Some(p.span()),
+                        format!("{field}.path"),
+                        format!(
+                            "`{}` does not exist (an HF directory with config.json, or a .gguf file)",
+                            p.get_ref()
+                        ),
+                    ));
+                }
+            }
             models.push(ModelSpec {
                 name,
                 path: m.path.as_ref().map(|p| p.get_ref().clone()),
