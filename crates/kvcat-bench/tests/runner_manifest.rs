@@ -190,9 +190,14 @@ fn model_sources_and_reference_compressor() {
         "{e}"
     );
     // A model path that does not exist is caught before anything trains.
-    let text = MINI.replace(
-        "[model.pretrain]",
-        "path = \"no/such/model.gguf\"\n[unused.pretrain]",
+    let (a, b) = (
+        MINI.find("[model.pretrain]").unwrap(),
+        MINI.find("[train]").unwrap(),
+    );
+    let text = format!(
+        "{}path = \"no/such/model.gguf\"\n\n{}",
+        &MINI[..a],
+        &MINI[b..]
     );
     let e = err(&text);
     let (l, c) = pos(&text, "\"no/such/model.gguf\"");
