@@ -109,6 +109,14 @@ fn draw_panel<DB: DrawingBackend>(
         lo -= 0.5;
         hi += 0.5;
     }
+    // Scores in [0, 1] (match rates, F1) keep their natural axis.
+    let bounded = ["match", "f1", "accuracy"]
+        .iter()
+        .any(|k| panel.metric.contains(k));
+    if bounded && pts.iter().all(|p| (0.0..=1.0).contains(&p.value)) {
+        lo = 0.0;
+        hi = 1.0;
+    }
     let pad = (hi - lo) * 0.08;
     let xmin = pts
         .iter()
