@@ -184,7 +184,8 @@ fn draw_panel<DB: DrawingBackend>(
     chart
         .configure_series_labels()
         .position(if higher_is_better(&panel.metric) {
-            SeriesLabelPosition::LowerRight
+            // Quality rises with the budget: the upper left is usually empty.
+            SeriesLabelPosition::UpperLeft
         } else {
             SeriesLabelPosition::UpperRight
         })
