@@ -142,10 +142,13 @@ fn error_vs_budget() {
     let b = load();
     let t: usize = env_list("KVCAT_BENCH_T", "1024")[0];
     let budgets: Vec<f64> = env_list("KVCAT_BENCH_BUDGETS", "0.1,0.25,0.5");
-    let methods: Vec<String> = env_list(
-        "KVCAT_BENCH_METHODS",
-        "snapkv,attention_matching,kv_fit,kv_merge,chunk_mean,prompt_lingua",
-    );
+    let methods: Vec<String> = std::env::var("KVCAT_BENCH_METHODS")
+        .unwrap_or_else(|_| {
+            "snapkv,attention_matching,kv_fit,kv_merge,chunk_mean,prompt_lingua".into()
+        })
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .collect();
     let cont_len = 128;
     let ctx = ids(&b, 0, t);
     let cont = ids(&b, t, cont_len);
@@ -186,11 +189,14 @@ fn error_vs_budget() {
     eprintln!("|---|---|---|---|---|");
     for &budget in &budgets {
         for m in &methods {
-            let params = match m.as_str() {
-                "attention_matching" => instr_table(&b, &[]),
-                "kv_fit" => instr_table(&b, &[]),
+            // `name:key=value;key=value` adds parameters (TOML values)
+            let (name, extra) = m.split_once(':').unwrap_or((m.as_str(), ""));
+            let mut params = match name {
+                "attention_matching" | "kv_fit" => instr_table(&b, &[]),
                 _ => toml::Table::new(),
             };
+            let extra: toml::Table = extra.replace(';', "\n").parse().expect("extra params");
+            params.extend(extra);
             let input = CompressionInput {
                 model: &b.model,
                 cache: &cache,
@@ -201,7 +207,7 @@ fn error_vs_budget() {
                 seed: 0,
             };
             let t0 = Instant::now();
-            let r = match build_compressor(m, &params).and_then(|c| c.compress(&input)) {
+            let r = match build_compressor(name, &params).and_then(|c| c.compress(&input)) {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("| {m} | {budget} | error: {e} | | |");
@@ -210,7 +216,7 @@ fn error_vs_budget() {
             };
             let secs = t0.elapsed().as_secs_f64();
             // attention-output error is only meaningful for caches over the same tokens
-            let err = if m == "prompt_lingua" {
+            let err = if name == "prompt_lingua" {
                 "n/a (re-prefilled text)".to_string()
             } else {
                 let e: f64 = (0..cache.layers.len())

@@ -55,6 +55,8 @@ pub struct AttentionMatchingParams {
     /// "Repeat the previous context."); empty repeats the context directly.
     pub instruction_ids: Vec<i64>,
     /// Also use the context's own prefill queries as reference queries (they see all keys).
+    /// On by default: on SmolLM2 it cut the held-out error by a third at budget 0.25
+    /// (docs/benchmarks/fitting.md).
     pub self_queries: bool,
     /// In query-aware runs, also use the question's queries.
     pub question_queries: bool,
@@ -62,7 +64,8 @@ pub struct AttentionMatchingParams {
     pub max_queries: i64,
     /// Fit layer `l + 1` to queries computed through the compacted layers `≤ l`.
     pub layer_by_layer: bool,
-    /// Relative ridge of the value least squares (towards the original values).
+    /// Relative ridge of the value least squares (towards the original values). Small ridges
+    /// overfit the reference queries (docs/benchmarks/fitting.md).
     pub ridge: f64,
     pub nnls: NnlsSolver,
     pub nnls_exact_max: usize,
@@ -78,11 +81,11 @@ impl Default for AttentionMatchingParams {
             selection: Selection::Rms,
             omp_batch: 0,
             instruction_ids: vec![],
-            self_queries: false,
+            self_queries: true,
             question_queries: true,
             max_queries: 1024,
             layer_by_layer: true,
-            ridge: 1e-6,
+            ridge: 1e-2,
             nnls: NnlsSolver::Auto,
             nnls_exact_max: 96,
             nnls_max_iter: 500,

@@ -81,7 +81,7 @@ impl Default for KvFitParams {
             fit_values: true,
             fit_bias: true,
             instruction_ids: vec![],
-            self_queries: false,
+            self_queries: true,
             question_queries: true,
             max_queries: 512,
             layer_by_layer: true,
