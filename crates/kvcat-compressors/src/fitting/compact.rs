@@ -112,16 +112,14 @@ pub fn compact_head(
     let out = probs.matmul(&v); // [n, d]
     let a_norm = &e / &mass; // row-normalised mass system; target all ones
 
+    let rms = probs
+        .pow_tensor_scalar(2)
+        .mean_dim(&[0i64][..], false, Kind::Double)
+        .sqrt()
+        .masked_fill(&visible.logical_not(), -1.0);
     let index = match opts.selection {
-        KeySelection::RmsAttention => {
-            let rms = probs
-                .pow_tensor_scalar(2)
-                .mean_dim(&[0i64][..], false, Kind::Double)
-                .sqrt();
-            let rms = rms.masked_fill(&visible.logical_not(), -1.0);
-            rms.topk(t, 0, true, true).1
-        }
-        KeySelection::Omp { batch } => omp_select(&a_norm, &visible, t, batch.max(1), opts)?,
+        KeySelection::RmsAttention => rms.topk(t, 0, true, true).1,
+        KeySelection::Omp { batch } => omp_select(&a_norm, &visible, &rms, t, batch.max(1), opts)?,
     };
     let index = index.sort(0, false).0;
 
@@ -169,10 +167,13 @@ pub fn compact_head(
 }
 
 /// Greedy OMP on `a` `[n, s]` (target: all ones) restricted to `visible` slots: each step adds
-/// the `batch` unselected columns most correlated with the residual, then refits NNLS.
+/// the `batch` unselected columns most correlated with the residual, then refits NNLS. Once the
+/// mass is matched (RMS relative residual below 1e-3), further mass columns only fit noise, so
+/// the remaining slots go to the highest `rms` attention scores `[s]`.
 fn omp_select(
     a: &Tensor,
     visible: &Tensor,
+    rms: &Tensor,
     t: i64,
     batch: usize,
     opts: &CompactOptions,
@@ -200,6 +201,13 @@ fn omp_select(
         let a_sel = a.index_select(1, &sel);
         let w = nnls::nnls(&a_sel, &ones, opts.nnls, opts.nnls_max_iter)?;
         residual = &ones - a_sel.mv(&w);
+        let rel = residual.norm().double_value(&[]) / (n as f64).sqrt();
+        let left = t - selected.len() as i64;
+        if rel < 1e-3 && left > 0 {
+            let (_, idx) = rms.masked_fill(&chosen, -2.0).topk(left, 0, true, true);
+            selected.extend(Vec::<i64>::try_from(idx)?);
+            break;
+        }
     }
     Ok(Tensor::from_slice(&selected))
 }
