@@ -47,7 +47,8 @@ pub struct KvFitParams {
     pub objective: Objective,
     /// Maximum Adam steps per layer.
     pub steps: usize,
-    /// Adam learning rate (β₁ 0.9, β₂ 0.999, ε 1e-8).
+    /// Adam learning rate (β₁ 0.9, β₂ 0.999, ε 1e-8). Larger rates over-fit the reference
+    /// queries (docs/benchmarks/fitting.md: 0.01 gave a 30% higher held-out error than 0.002).
     pub lr: f64,
     /// Early stop: relative improvement of the best loss below `tol` for `patience` steps.
     pub tol: f64,
@@ -73,7 +74,7 @@ impl Default for KvFitParams {
             init_params: toml::Table::new(),
             objective: Objective::OutputMse,
             steps: 100,
-            lr: 0.01,
+            lr: 0.002,
             tol: 1e-4,
             patience: 10,
             mass_weight: 0.1,
