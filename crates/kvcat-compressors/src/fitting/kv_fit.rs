@@ -16,6 +16,7 @@
 //! with tokens appended later). Only the `output_mse` objective is implemented; the next-token
 //! KL objective over a continuation sample is not.
 
+use super::adam::Adam;
 use super::attention_matching::layer_reference;
 use super::layer_offset;
 use super::reference::RepeatProbe;
@@ -176,9 +177,7 @@ impl KvFit {
             .into_iter()
             .filter_map(|(t, free)| free.then_some(t))
             .collect();
-        let mut m1: Vec<Tensor> = params.iter().map(|t| t.zeros_like()).collect();
-        let mut m2: Vec<Tensor> = params.iter().map(|t| t.zeros_like()).collect();
-        let (b1, b2, eps) = (0.9f64, 0.999f64, 1e-8);
+        let mut adam = Adam::new(&params, p.lr);
         let mut losses = Vec::with_capacity(p.steps + 1);
         let mut best = f64::INFINITY;
         let mut stale = 0usize;
@@ -205,16 +204,7 @@ impl KvFit {
                 }
             }
             let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
-            let _g = tch::no_grad_guard();
-            let c1 = 1.0 - b1.powi(step as i32);
-            let c2 = 1.0 - b2.powi(step as i32);
-            for (i, g) in grads.iter().enumerate() {
-                m1[i] = &m1[i] * b1 + g * (1.0 - b1);
-                m2[i] = &m2[i] * b2 + g.pow_tensor_scalar(2) * (1.0 - b2);
-                let upd = (&m1[i] / c1) / ((&m2[i] / c2).sqrt() + eps) * p.lr;
-                let mut t = params[i].shallow_clone();
-                let _ = t.f_sub_(&upd)?;
-            }
+            adam.step(&params, &grads)?;
         }
         let _g = tch::no_grad_guard();
         let (loss, out_term) = loss_of(&k, &v, &beta);

@@ -9,6 +9,7 @@
 //! Both use reference queries from a "repeat the context" pass ([`reference`]) and report the
 //! fitting time and final reconstruction error in [`Compressed::extra`](kvcat_core::Compressed).
 
+pub mod adam;
 pub mod attention_matching;
 pub mod compact;
 pub mod kv_fit;
