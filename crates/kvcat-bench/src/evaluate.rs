@@ -83,6 +83,32 @@ pub fn check_task_fits(task: &dyn Task, model: &Llama) -> Result<()> {
     Ok(())
 }
 
+/// Chat formats [`apply_chat_template`] knows.
+pub const CHAT_TEMPLATES: [&str; 1] = ["chatml"];
+
+/// Rewrites text examples into a chat format for instruction-tuned models (kvpress and RULER
+/// evaluate those through their chat template). `chatml` (SmolLM2, Qwen): the context opens a
+/// user turn (`<|im_start|>user\n…`), the question closes it and opens the assistant turn
+/// (`…<|im_end|>\n<|im_start|>assistant\n`), which starts with the answer prefix. The
+/// context/question split is kept, so compression still sees only the context. Token-id
+/// contexts (perplexity windows) are left unchanged.
+pub fn apply_chat_template(template: &str, examples: &mut [Example]) -> Result<()> {
+    if template != "chatml" {
+        return Err(Error::invalid(format!(
+            "unknown chat template `{template}`; known: {}",
+            CHAT_TEMPLATES.join(", ")
+        )));
+    }
+    for e in examples.iter_mut() {
+        if let Context::Text(t) = &mut e.context {
+            *t = format!("<|im_start|>user\n{t}");
+            e.question = format!("{}<|im_end|>\n<|im_start|>assistant\n", e.question);
+            e.answer_prefix = e.answer_prefix.trim_start().to_string();
+        }
+    }
+    Ok(())
+}
+
 /// Tokenizes examples for `model`, checking that each fits the model's positions
 /// (context + question + generated tokens, or context + continuation).
 pub fn prepare(

@@ -169,3 +169,29 @@ fn lengths_beyond_the_model_are_clear_errors() {
         .to_string();
     assert!(e.contains("`long`") && e.contains("256"), "{e}");
 }
+
+#[test]
+fn chatml_wraps_text_examples_only() {
+    use kvcat_bench::evaluate::apply_chat_template;
+    let tok = tokenizer();
+    let mut ex = task("passkey", "context_len = 100")
+        .examples(&tok, 1, 0)
+        .unwrap();
+    ex.extend(ppl_examples(&tok));
+    let before = ex.clone();
+    apply_chat_template("chatml", &mut ex).unwrap();
+    let Context::Text(t) = &ex[0].context else {
+        panic!()
+    };
+    assert!(t.starts_with("<|im_start|>user\nThere is an important info"));
+    assert_eq!(
+        ex[0].question,
+        "\nWhat is the pass key?<|im_end|>\n<|im_start|>assistant\n"
+    );
+    assert_eq!(ex[0].answer_prefix, "The pass key is");
+    assert_eq!(ex[1], before[1], "token contexts are unchanged");
+    let e = apply_chat_template("llama3", &mut ex)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("chatml"), "{e}");
+}

@@ -3,7 +3,8 @@
 
 use crate::commands::common::ModelArgs;
 use crate::evaluate::{
-    check_task_fits, evaluate_budgets, mean_context_len, prepare, CellInfo, EvalOptions, EvalResult,
+    apply_chat_template, check_task_fits, evaluate_budgets, mean_context_len, prepare, CellInfo,
+    EvalOptions, EvalResult,
 };
 use crate::results::{git_revision, ResultRow};
 use anyhow::{bail, Context};
@@ -45,6 +46,9 @@ pub struct EvalArgs {
     /// Let the compressor see the question.
     #[arg(long)]
     pub query_aware: bool,
+    /// Wrap examples in a chat format for instruction-tuned models: `chatml` (SmolLM2, Qwen).
+    #[arg(long)]
+    pub chat_template: Option<String>,
     /// Do not prepend the model's BOS token to contexts.
     #[arg(long)]
     pub no_bos: bool,
@@ -126,14 +130,21 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         })?,
     };
     check_task_fits(task.as_ref(), &model)?;
+    // A ChatML conversation already opens with `<|im_start|>`; do not double it as BOS.
+    let bos_is_turn_start = args.chat_template.as_deref() == Some("chatml")
+        && tok.token_id("<|im_start|>").is_some()
+        && tok.token_id("<|im_start|>") == model.config.bos_token_id;
     let opts = EvalOptions {
         query_aware: args.query_aware,
-        add_bos: !args.no_bos,
+        add_bos: !args.no_bos && !bos_is_turn_start,
         seed: args.seed,
     };
-    let examples = task
+    let mut examples = task
         .examples(&tok, args.n, args.seed)
         .with_context(|| format!("generating `{}` examples", args.task))?;
+    if let Some(t) = &args.chat_template {
+        apply_chat_template(t, &mut examples)?;
+    }
     let prepared = prepare(&model, &tok, &examples, &opts)?;
     let results = evaluate_budgets(
         &model,
