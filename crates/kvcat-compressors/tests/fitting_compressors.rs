@@ -320,3 +320,28 @@ fn kv_fit_adam_loss_decreases_monotonically_at_a_small_learning_rate() {
         "loss {first} → {last}: less than a 10% decrease"
     );
 }
+
+#[test]
+fn kv_fit_next_token_kl_lowers_the_kl_of_its_snapkv_start() {
+    let s = setup(32);
+    let params = KvFitParams {
+        objective: kvcat_compressors::fitting::kv_fit::Objective::NextTokenKl,
+        steps: 15,
+        lr: 0.01,
+        kl_tokens: 16,
+        ..kv_fit_params()
+    };
+    let r = KvFit::new(params)
+        .unwrap()
+        .compress(&input(&s, Budget::Fraction(0.25)))
+        .unwrap();
+    let extra: std::collections::HashMap<_, _> = r.extra.iter().cloned().collect();
+    eprintln!("next_token_kl: {extra:?}");
+    let (first, last) = (extra["fit_initial_loss"], extra["fit_final_loss"]);
+    assert!(first > 0.0 && last < 0.8 * first, "KL {first} → {last}");
+    for layer in &r.cache.layers {
+        assert_eq!(layer.k.size(), vec![1, 2, 8, 16]);
+        assert!(!layer.k.requires_grad() && !layer.bias.as_ref().unwrap().requires_grad());
+    }
+    assert!((r.cache.achieved_fraction() - 0.25).abs() < 1e-12);
+}

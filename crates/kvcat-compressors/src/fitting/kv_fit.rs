@@ -13,11 +13,13 @@
 //!
 //! where `O = softmax(QKᵀ/√d + o) V` over the original slots, `O'` the same over the fitted
 //! slots with β, and `lse` the log attention mass (so the fitted block still mixes correctly
-//! with tokens appended later). Only the `output_mse` objective is implemented; the next-token
-//! KL objective over a continuation sample is not.
+//! with tokens appended later). With `objective = "next_token_kl"` all layers are instead fitted
+//! jointly to the full cache's next-token distribution over a continuation sample
+//! ([`kl`](super::kl)).
 
 use super::adam::Adam;
 use super::attention_matching::layer_reference;
+use super::kl::{fit_kl, KlSettings};
 use super::layer_offset;
 use super::reference::RepeatProbe;
 use kvcat_core::compressor::{
@@ -33,8 +35,12 @@ use tch::{Kind, Tensor};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Objective {
-    /// Relative attention-output MSE over reference queries (+ `mass_weight` · log-mass MSE).
+    /// Relative attention-output MSE over reference queries (+ `mass_weight` · log-mass MSE),
+    /// fitted layer by layer.
     OutputMse,
+    /// Next-token KL over a continuation sample (the first `kl_tokens` of the repeat suffix),
+    /// all layers jointly ([`kl`](super::kl)).
+    NextTokenKl,
 }
 
 /// Parameters of `kv_fit`.
@@ -66,6 +72,8 @@ pub struct KvFitParams {
     pub question_queries: bool,
     pub max_queries: i64,
     pub layer_by_layer: bool,
+    /// Tokens of the continuation sample for `next_token_kl`.
+    pub kl_tokens: i64,
 }
 
 impl Default for KvFitParams {
@@ -87,6 +95,7 @@ impl Default for KvFitParams {
             question_queries: true,
             max_queries: 512,
             layer_by_layer: true,
+            kl_tokens: 128,
         }
     }
 }
@@ -228,6 +237,64 @@ impl KvFit {
     }
 }
 
+impl KvFit {
+    fn compress_kl(
+        &self,
+        input: &CompressionInput,
+        init: &KvCache,
+        start: Instant,
+        init_secs: f64,
+    ) -> Result<Compressed> {
+        let p = &self.params;
+        let dev = input.model.device();
+        let ctx = input.context.to_device(dev).to_kind(Kind::Int64);
+        let b = ctx.size()[0];
+        let n_instr = p.instruction_ids.len() as i64;
+        let mut parts = vec![];
+        if n_instr > 0 {
+            parts.push(
+                Tensor::from_slice(&p.instruction_ids)
+                    .to_device(dev)
+                    .view([1, n_instr])
+                    .expand([b, n_instr], false),
+            );
+        }
+        parts.push(ctx);
+        let suffix = Tensor::cat(&parts, 1);
+        let u = p.kl_tokens.min(suffix.size()[1]);
+        let sample = suffix.narrow(1, 0, u);
+        let settings = KlSettings {
+            steps: p.steps,
+            lr: p.lr,
+            tol: p.tol,
+            patience: p.patience,
+            fit_keys: p.fit_keys,
+            fit_values: p.fit_values,
+            fit_bias: p.fit_bias,
+        };
+        let (cache, losses) = fit_kl(input.model, input.cache, init, &sample, &settings)?;
+        let secs = start.elapsed().as_secs_f64();
+        let n = input.cache.layers.len() as f64;
+        Ok(Compressed {
+            cache,
+            extra: vec![
+                ("fit_seconds".into(), secs),
+                ("fit_init_seconds".into(), init_secs),
+                ("fit_seconds_per_layer".into(), (secs - init_secs) / n),
+                (
+                    "fit_initial_loss".into(),
+                    losses.first().copied().unwrap_or(0.0),
+                ),
+                (
+                    "fit_final_loss".into(),
+                    losses.last().copied().unwrap_or(0.0),
+                ),
+                ("fit_steps".into(), (losses.len() - 1) as f64),
+            ],
+        })
+    }
+}
+
 impl Compressor for KvFit {
     fn name(&self) -> &'static str {
         "kv_fit"
@@ -257,6 +324,9 @@ impl Compressor for KvFit {
             )));
         }
         let init_secs = start.elapsed().as_secs_f64();
+        if self.params.objective == Objective::NextTokenKl {
+            return self.compress_kl(input, &init, start, init_secs);
+        }
         let question = input.question.filter(|_| self.params.question_queries);
         let mut repeat = RepeatProbe::new(
             input.model,
@@ -327,8 +397,10 @@ impl KvFit {
                 params.lr, params.tol, params.mass_weight
             )));
         }
-        if params.max_queries < 0 || params.patience == 0 {
-            return Err(bad("max_queries must be ≥ 0 and patience ≥ 1".into()));
+        if params.max_queries < 0 || params.patience == 0 || params.kl_tokens < 1 {
+            return Err(bad(
+                "max_queries must be ≥ 0, patience ≥ 1 and kl_tokens ≥ 1".into(),
+            ));
         }
         if params.init == "kv_fit" {
             return Err(bad(

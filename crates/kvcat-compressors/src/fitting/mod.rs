@@ -12,6 +12,7 @@
 pub mod adam;
 pub mod attention_matching;
 pub mod compact;
+pub mod kl;
 pub mod kv_fit;
 pub mod nnls;
 pub mod reference;
