@@ -52,7 +52,7 @@ fn full_budget_through_the_compressor_equals_no_compression() {
         .examples(&tok, 2, 1)
         .unwrap();
     examples.extend(
-        task("mqar", "context_len = 100")
+        task("mqar", "context_len = 200")
             .examples(&tok, 1, 1)
             .unwrap(),
     );
@@ -174,7 +174,7 @@ fn lengths_beyond_the_model_are_clear_errors() {
 fn chatml_wraps_text_examples_only() {
     use kvcat_bench::evaluate::apply_chat_template;
     let tok = tokenizer();
-    let mut ex = task("passkey", "context_len = 100")
+    let mut ex = task("passkey", "context_len = 200")
         .examples(&tok, 1, 0)
         .unwrap();
     ex.extend(ppl_examples(&tok));
