@@ -345,3 +345,22 @@ fn kv_fit_next_token_kl_lowers_the_kl_of_its_snapkv_start() {
     }
     assert!((r.cache.achieved_fraction() - 0.25).abs() < 1e-12);
 }
+
+#[test]
+fn kv_fit_runs_and_improves_under_a_callers_no_grad_guard() {
+    // The evaluation loop holds a no_grad guard while compressing; the fit must still train.
+    let s = setup(48);
+    let budget = Budget::Fraction(0.25);
+    let fit = KvFit::new(kv_fit_params()).unwrap();
+    let _g = tch::no_grad_guard();
+    let r = fit.compress(&input(&s, budget)).unwrap();
+    let extra: std::collections::HashMap<_, _> = r.extra.iter().cloned().collect();
+    assert!(
+        extra["fit_final_loss"] < extra["fit_initial_loss"],
+        "{extra:?}"
+    );
+    assert!(
+        !r.cache.layers[0].k.requires_grad(),
+        "the fitted cache must be detached"
+    );
+}

@@ -302,7 +302,15 @@ impl Compressor for KvFit {
     fn params(&self) -> toml::Table {
         to_table(&self.params)
     }
+    /// Optimisation needs autograd even when the caller evaluates under `no_grad`
+    /// (as the evaluation loop does), so gradients are switched on for the whole fit.
     fn compress(&self, input: &CompressionInput) -> Result<Compressed> {
+        tch::with_grad(|| self.fit(input))
+    }
+}
+
+impl KvFit {
+    fn fit(&self, input: &CompressionInput) -> Result<Compressed> {
         let start = Instant::now();
         let cache = input.cache;
         let Some(l0) = cache.layers.first() else {
