@@ -1,7 +1,6 @@
 //! Shared helpers of the task and evaluation tests: a small byte-level BPE tokenizer trained
 //! in-process on filler sentences and a slice of the essays, so tests need no tokenizer file.
 #![allow(dead_code)]
-
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use kvcat_core::Tokenizer;
