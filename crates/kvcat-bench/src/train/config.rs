@@ -133,6 +133,21 @@ pub struct DataConfig {
     /// Fraction of training sequences replaced by synthetic retrieval sequences.
     #[serde(default)]
     pub synthetic_fraction: f64,
+    /// Where synthetic sequences come from: a registered evaluation task (e.g.
+    /// `{ name = "passkey", params = { context_len = 160 } }`), whose examples (context,
+    /// question, answer) are packed into training rows, so a model trains on the format it is
+    /// evaluated on. Absent: the built-in key-value recall generator ([`super::synthetic`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_task: Option<SyntheticTask>,
+}
+
+/// A registered task used as a source of synthetic training text.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyntheticTask {
+    pub name: String,
+    #[serde(default)]
+    pub params: toml::Table,
 }
 
 fn default_assets() -> PathBuf {
@@ -425,6 +440,10 @@ impl TrainConfig {
             "field `data.synthetic_fraction`: must lie in [0, 1], got {}",
             d.synthetic_fraction
         );
+        if let Some(t) = &d.synthetic_task {
+            kvcat_core::task::build_task(&t.name, &t.params)
+                .context("field `data.synthetic_task`")?;
+        }
         kvcat_core::device::parse_dtype(&self.dtype).context("field `dtype`")?;
         self.device
             .parse::<kvcat_core::device::DeviceChoice>()
@@ -526,6 +545,7 @@ impl Default for TrainConfig {
                 heldout_fraction: default_heldout(),
                 cache_dir: None,
                 synthetic_fraction: 0.0,
+                synthetic_task: None,
             },
             steps: 200,
             batch_size: 8,

@@ -136,12 +136,12 @@ impl TrainData {
                 train.len()
             );
         }
-        let synthetic = if cfg.data.synthetic_fraction > 0.0 {
-            (0..SYNTHETIC_POOL)
+        let synthetic = match (&cfg.data.synthetic_task, cfg.data.synthetic_fraction > 0.0) {
+            (_, false) => Vec::new(),
+            (Some(task), true) => synthetic::from_task(task, tok, t, SYNTHETIC_POOL, cfg.seed)?,
+            (None, true) => (0..SYNTHETIC_POOL)
                 .map(|i| synthetic::kv_recall(tok, t, cfg.seed.wrapping_add(i as u64)))
-                .collect::<anyhow::Result<_>>()?
-        } else {
-            Vec::new()
+                .collect::<anyhow::Result<_>>()?,
         };
         Ok(TrainData {
             train,

@@ -4,9 +4,13 @@
 //! A sequence lists random records `key <id>: <value>.` and then asks for earlier ones,
 //! `recall <id>: <value>.`, repeatedly, until it fills `seq_len` tokens. With a prefix/
 //! continuation split, most queries in the continuation point into the prefix, so answering
-//! them needs the kept prefix slots. (A local generator: the evaluation `Task` registry was
-//! still being written when this was built.)
+//! them needs the kept prefix slots.
+//!
+//! [`from_task`] instead packs the examples of any registered evaluation task, so that a model
+//! trains on exactly the format it is later evaluated on.
 
+use super::config::SyntheticTask;
+use anyhow::Context;
 use kvcat_core::Tokenizer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -40,4 +44,38 @@ pub fn kv_recall(tok: &Tokenizer, seq_len: usize, seed: u64) -> anyhow::Result<V
     }
     ids.truncate(seq_len);
     Ok(ids)
+}
+
+/// `count` rows of exactly `seq_len` ids, each packing consecutive examples of a registered
+/// task (context, question, answer; separated by a blank line) and cut at `seq_len`.
+/// Deterministic in `seed`.
+pub fn from_task(
+    task: &SyntheticTask,
+    tok: &Tokenizer,
+    seq_len: usize,
+    count: usize,
+    seed: u64,
+) -> anyhow::Result<Vec<Vec<i64>>> {
+    let built = kvcat_core::task::build_task(&task.name, &task.params)
+        .context("field `data.synthetic_task`")?;
+    // Each row starts at an example boundary; most rows hold one or two examples.
+    let mut n = count * 2;
+    loop {
+        let texts = built
+            .training_texts(tok, n, seed)
+            .with_context(|| format!("generating `{}` training text", task.name))?;
+        let mut rows = Vec::with_capacity(count);
+        let mut pending: Vec<i64> = Vec::new();
+        for text in &texts {
+            pending.extend(tok.encode(&format!("{text}\n\n"))?);
+            if pending.len() >= seq_len {
+                rows.push(pending[..seq_len].to_vec());
+                pending.clear();
+                if rows.len() == count {
+                    return Ok(rows);
+                }
+            }
+        }
+        n *= 2;
+    }
 }
