@@ -24,13 +24,19 @@ fn rows_have_the_sequence_length_are_seeded_and_hold_the_task_text() {
     assert!(rows.iter().all(|r| r.len() == 160));
     assert_eq!(rows, from_task(&passkey(), &tok, 160, 6, 7).unwrap());
     assert_ne!(rows, from_task(&passkey(), &tok, 160, 6, 8).unwrap());
-    // Each row starts with a whole example: its first text is the task's own rendering.
+    // Rows hold the task's own rendering, but never the examples evaluated under that seed.
     let task = kvcat_core::task::build_task("passkey", &passkey().params).unwrap();
-    let first = &task.training_texts(&tok, 1, 7).unwrap()[0];
     let decoded = tok.decode(&rows[0]).unwrap();
-    let head: String = first.chars().take(60).collect();
-    assert!(decoded.starts_with(&head), "{decoded:?} vs {head:?}");
-    assert!(first.contains("pass key"), "{first}");
+    assert!(decoded.contains("The pass key is"), "{decoded}");
+    let evaluated = task.examples(&tok, 50, 7).unwrap();
+    let all: String = rows.iter().map(|r| tok.decode(r).unwrap()).collect();
+    for e in &evaluated {
+        let key = &e.answers[0];
+        assert!(
+            !all.contains(&format!("The pass key is {key}.")),
+            "evaluated key {key} leaked into training rows"
+        );
+    }
 }
 
 #[test]

@@ -46,9 +46,13 @@ pub fn kv_recall(tok: &Tokenizer, seq_len: usize, seed: u64) -> anyhow::Result<V
     Ok(ids)
 }
 
+/// Mixed into the seed of task-drawn training examples ("kvcat-tr").
+const TRAIN_SEED_STREAM: u64 = 0x6b76_6361_742d_7472;
+
 /// `count` rows of exactly `seq_len` ids, each packing consecutive examples of a registered
 /// task (context, question, answer; separated by a blank line) and cut at `seq_len`.
-/// Deterministic in `seed`.
+/// Deterministic in `seed`, and drawn from a different example stream than evaluation
+/// with the same seed.
 pub fn from_task(
     task: &SyntheticTask,
     tok: &Tokenizer,
@@ -58,6 +62,9 @@ pub fn from_task(
 ) -> anyhow::Result<Vec<Vec<i64>>> {
     let built = kvcat_core::task::build_task(&task.name, &task.params)
         .context("field `data.synthetic_task`")?;
+    // Training examples come from their own seed stream, so a run seeded like its
+    // evaluation (the usual case) never trains on the evaluated examples.
+    let seed = seed ^ TRAIN_SEED_STREAM;
     // Each row starts at an example boundary; most rows hold one or two examples.
     let mut n = count * 2;
     loop {
