@@ -1,11 +1,11 @@
 //! Subcommand implementations, one module per subcommand.
 
-pub mod common;
-pub mod inspect;
-pub mod train;
-pub mod compress;
-pub mod list;
-pub mod eval;
 pub mod bench;
+pub mod common;
+pub mod compress;
+pub mod eval;
+pub mod inspect;
+pub mod list;
 pub mod merge;
 pub mod report;
+pub mod train;
