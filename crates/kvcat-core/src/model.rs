@@ -4,7 +4,7 @@
 //! so a `VarStore` loads HF safetensors directly and compressors can reach attention by name.
 //! The KV cache is owned by the caller: `forward(tokens, &mut KvCache)`.
 
-use crate::attention::{Attention, AttentionCapture};
+use crate::attention::Attention;
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::{Error, Result};
@@ -248,94 +248,13 @@ impl Llama {
         cache: &mut KvCache,
         opts: &ForwardOptions,
     ) -> Result<ForwardOutput> {
-        self.check_tokens(tokens)?;
-        let size = tokens.size();
-        if size.len() != 2 {
-            return Err(Error::invalid(format!(
-                "tokens must be [batch, time], got shape {size:?}"
-            )));
-        }
-        let n_layers = self.layers.len();
-        if !cache.is_empty() && cache.layers.len() != n_layers {
-            return Err(Error::invalid(format!(
-                "cache has {} layers, model has {n_layers}",
-                cache.layers.len()
-            )));
-        }
-        if let Some(bias) = opts.layer_bias {
-            if bias.len() != n_layers {
-                return Err(Error::invalid(format!(
-                    "layer_bias has {} entries, model has {n_layers} layers",
-                    bias.len()
-                )));
-            }
-        }
-        let t = size[1];
-        let device = self.device();
-        let positions =
-            Tensor::arange_start(cache.seq_len, cache.seq_len + t, (Kind::Int64, device));
-        let (cos, sin) = crate::attention::rope_tables(
-            &positions,
-            self.config.head_dim,
-            self.config.rope_theta,
-            self.kind(),
+        let t = tokens.size().last().copied().unwrap_or(0);
+        let positions = Tensor::arange_start(
+            cache.seq_len,
+            cache.seq_len + t,
+            (Kind::Int64, self.device()),
         );
-        let mut x = Tensor::embedding(
-            &self.embed_tokens,
-            &tokens.to_device(device),
-            -1,
-            false,
-            false,
-        );
-        let mut out = ForwardOutput::default();
-        let fresh = cache.is_empty();
-        for (i, layer) in self.layers.iter().enumerate() {
-            if opts.capture_hidden {
-                out.hidden.push(x.shallow_clone());
-            }
-            let capture = AttentionCapture {
-                queries: opts.capture_queries,
-                attention: opts.capture_attention,
-            };
-            let layer_cache = if fresh {
-                None
-            } else {
-                Some(&mut cache.layers[i])
-            };
-            let h = layer.input_layernorm.forward(&x);
-            let (attn_out, new_cache, caught) = layer.self_attn.forward(
-                &h,
-                layer_cache,
-                &positions,
-                (&cos, &sin),
-                opts.layer_bias.map(|b| &b[i]),
-                capture,
-            )?;
-            if let Some(c) = new_cache {
-                cache.layers.push(c);
-            }
-            if let Some(q) = caught.queries {
-                out.queries.push(q);
-            }
-            if let Some(a) = caught.attention {
-                out.attention.push(a);
-            }
-            x = x + attn_out;
-            x = &x
-                + layer
-                    .mlp
-                    .forward(&layer.post_attention_layernorm.forward(&x));
-        }
-        if opts.capture_hidden {
-            out.hidden.push(x.shallow_clone());
-        }
-        cache.seq_len += t;
-        out.logits = match opts.logits {
-            Logits::None => None,
-            Logits::All => Some(self.lm_head(&self.norm.forward(&x))),
-            Logits::Last => Some(self.lm_head(&self.norm.forward(&x.narrow(1, t - 1, 1)))),
-        };
-        Ok(out)
+        self.forward_at(tokens, &positions, cache, opts)
     }
 
     /// Projects final hidden states `[.., hidden]` to logits `[.., vocab]`.

@@ -1,8 +1,7 @@
-//! Forward passes at explicit positions.
-//!
-//! [`Llama::forward_with`] positions new tokens from `cache.seq_len`. Re-prefilling a *subset*
-//! of a context at the tokens' original positions (token-level prompt compression such as
-//! `prompt_lingua`) needs explicit positions instead: [`Llama::forward_at`].
+//! The decoder's forward pass at explicit positions — the one implementation of the forward
+//! pass. [`Llama::forward_with`] calls it with positions `cache.seq_len ..`; re-prefilling a
+//! *subset* of a context at the tokens' original positions (token-level prompt compression
+//! such as `prompt_lingua`) calls it directly.
 
 use crate::attention::AttentionCapture;
 use crate::cache::KvCache;
@@ -111,7 +110,8 @@ impl Llama {
             if let Some(a) = caught.attention {
                 out.attention.push(a);
             }
-            x += attn_out;
+            // Out of place: autograd saved `x` for the norm's backward.
+            x = x + attn_out;
             x = &x
                 + layer
                     .mlp
