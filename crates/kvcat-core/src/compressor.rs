@@ -37,6 +37,30 @@ pub struct Compressed {
     pub extra: Vec<(String, f64)>,
 }
 
+impl CompressionInput<'_> {
+    /// Slots to keep per head, or `None` when the budget keeps every slot (then return
+    /// [`Compressed::unchanged`]). An empty cache is an error naming `compressor`.
+    pub fn kept_slots(&self, compressor: &str) -> Result<Option<i64>> {
+        let Some(l0) = self.cache.layers.first() else {
+            return Err(crate::Error::invalid(format!(
+                "{compressor}: the cache is empty"
+            )));
+        };
+        let slots = l0.slots();
+        Ok((!self.budget.is_identity_for(slots)).then(|| self.budget.kept(slots)))
+    }
+}
+
+impl Compressed {
+    /// The cache unchanged, as every compressor returns when the budget keeps every slot.
+    pub fn unchanged(cache: &KvCache) -> Self {
+        Compressed {
+            cache: cache.copy(),
+            extra: vec![],
+        }
+    }
+}
+
 /// A post-hoc KV-cache compressor.
 pub trait Compressor: Send + Sync {
     /// The registry name.

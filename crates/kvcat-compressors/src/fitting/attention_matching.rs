@@ -200,17 +200,9 @@ impl Compressor for AttentionMatching {
     fn compress(&self, input: &CompressionInput) -> Result<Compressed> {
         let start = Instant::now();
         let cache = input.cache;
-        let Some(l0) = cache.layers.first() else {
-            return Err(Error::invalid("attention_matching: the cache is empty"));
+        let Some(t) = input.kept_slots("attention_matching")? else {
+            return Ok(Compressed::unchanged(cache));
         };
-        let slots = l0.slots();
-        let t = input.budget.kept(slots);
-        if input.budget.is_identity_for(slots) {
-            return Ok(Compressed {
-                cache: cache.copy(),
-                extra: vec![],
-            });
-        }
         let _g = tch::no_grad_guard();
         let question = input.question.filter(|_| self.params.question_queries);
         let instr = &self.params.instruction_ids;

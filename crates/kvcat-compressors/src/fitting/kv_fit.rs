@@ -313,14 +313,8 @@ impl KvFit {
     fn fit(&self, input: &CompressionInput) -> Result<Compressed> {
         let start = Instant::now();
         let cache = input.cache;
-        let Some(l0) = cache.layers.first() else {
-            return Err(Error::invalid("kv_fit: the cache is empty"));
-        };
-        if input.budget.is_identity_for(l0.slots()) {
-            return Ok(Compressed {
-                cache: cache.copy(),
-                extra: vec![],
-            });
+        if input.kept_slots("kv_fit")?.is_none() {
+            return Ok(Compressed::unchanged(cache));
         }
         let init = self.init.compress(input)?.cache;
         if init.layers.len() != cache.layers.len() {

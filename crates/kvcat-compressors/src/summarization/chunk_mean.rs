@@ -62,17 +62,9 @@ impl Compressor for ChunkMean {
     }
     fn compress(&self, input: &CompressionInput) -> Result<Compressed> {
         let cache = input.cache;
-        let Some(l0) = cache.layers.first() else {
-            return Err(Error::invalid("chunk_mean: the cache is empty"));
+        let Some(t) = input.kept_slots("chunk_mean")? else {
+            return Ok(Compressed::unchanged(cache));
         };
-        let slots = l0.slots();
-        if input.budget.is_identity_for(slots) {
-            return Ok(Compressed {
-                cache: cache.copy(),
-                extra: vec![],
-            });
-        }
-        let t = input.budget.kept(slots);
         let _g = tch::no_grad_guard();
         let mut layers = Vec::with_capacity(cache.layers.len());
         for (i, layer) in cache.layers.iter().enumerate() {

@@ -190,10 +190,7 @@ impl Compressor for PromptLingua {
             )));
         }
         if input.budget.is_identity_for(slots) {
-            return Ok(Compressed {
-                cache: cache.copy(),
-                extra: vec![],
-            });
+            return Ok(Compressed::unchanged(cache));
         }
         let t = input.budget.kept(slots);
         let _g = tch::no_grad_guard();
