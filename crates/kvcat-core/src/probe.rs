@@ -65,24 +65,8 @@ pub fn queries_at(
     len: i64,
     rope_start: i64,
 ) -> Result<Tensor> {
-    check_layer(model, layer)?;
-    let s = hidden.size();
-    if s.len() != 3 || start < 0 || len < 1 || start + len > s[1] {
-        return Err(Error::invalid(format!(
-            "probe::queries: positions {start}..{} out of range for hidden states {s:?}",
-            start + len
-        )));
-    }
-    let _g = tch::no_grad_guard();
-    let l = &model.layers[layer];
-    let x = l.input_layernorm.forward(&hidden.narrow(1, start, len));
-    let attn = &l.self_attn;
-    let d = attn.head_dim;
-    let q = attn
-        .q_proj
-        .forward(&x)
-        .view([s[0], len, attn.num_heads, d])
-        .transpose(1, 2);
+    let q = prerope_queries(model, layer, hidden, start, len)?;
+    let d = model.layers[layer].self_attn.head_dim;
     let pos = Tensor::arange_start(rope_start, rope_start + len, (Kind::Int64, q.device()));
     let (cos, sin) = rope_tables(&pos, d, model.config.rope_theta, q.kind());
     Ok(crate::attention::apply_rope(&q, &cos, &sin))
