@@ -125,3 +125,57 @@ fn ppl_windows_are_exact_and_seeded() {
         .to_string();
     assert!(e.contains("/no/corpus"), "{e}");
 }
+
+fn parquet_fixture(name: &str) -> String {
+    let p = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/parquet")
+        .join(name);
+    format!("path = {:?}", p.display().to_string())
+}
+
+#[test]
+fn parquet_reads_kvpress_columns_as_pandas_writes_them() {
+    let tok = tokenizer();
+    // List answers, an extra column, snappy compression.
+    let ex = task("parquet", &parquet_fixture("lists_snappy.parquet"))
+        .examples(&tok, 2, 0)
+        .unwrap();
+    assert_eq!(ex[0].context, Context::Text("Alice lives in Paris.".into()));
+    assert_eq!(ex[0].question, "Where does Alice live?");
+    assert_eq!(ex[0].answer_prefix, "Answer:");
+    assert_eq!(ex[0].answers, vec!["Paris"]);
+    assert_eq!(ex[0].max_new_tokens, 8);
+    assert_eq!(ex[1].answers, vec!["42", "forty-two"]);
+    assert_eq!(ex[1].max_new_tokens, 4);
+    assert_eq!(ex[1].metric, Metric::StringMatchPart);
+    // String answers, optional columns absent, zstd compression.
+    let ex = task("parquet", &parquet_fixture("strings_zstd.parquet"))
+        .examples(&tok, 1, 0)
+        .unwrap();
+    assert_eq!(ex[0].answers, vec!["red"]);
+    assert_eq!(ex[0].answer_prefix, "");
+    assert_eq!(ex[0].max_new_tokens, 32);
+}
+
+#[test]
+fn parquet_bad_input_names_file_row_and_column() {
+    let e = build_task(
+        "parquet",
+        &toml::from_str(&parquet_fixture("no_answer.parquet")).unwrap(),
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("no_answer.parquet") && e.contains("row 0") && e.contains("`answer`"),
+        "{e}"
+    );
+    let not_parquet = tmp("fake.parquet", "context,question\nx,y\n");
+    let table: toml::Table =
+        toml::from_str(&format!("path = {:?}", not_parquet.display().to_string())).unwrap();
+    let e = build_task("parquet", &table).err().unwrap().to_string();
+    assert!(
+        e.contains("fake.parquet") && e.contains("not a Parquet file"),
+        "{e}"
+    );
+}

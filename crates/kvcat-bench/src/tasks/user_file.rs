@@ -1,6 +1,7 @@
-//! `jsonl`: a user's dataset in kvpress's columns, one JSON object per line:
-//! `context` (string), `question` (string), `answer_prefix` (string, optional),
-//! `answer` (string or list of strings), `max_new_tokens` (optional integer).
+//! `jsonl` and `parquet`: a user's dataset in kvpress's columns — `context` (string),
+//! `question` (string), `answer_prefix` (string, optional), `answer` (string or list of
+//! strings), `max_new_tokens` (optional integer) — as JSON Lines (one object per line) or as a
+//! Parquet file (as `pandas.DataFrame.to_parquet` writes it; snappy, zstd or no compression).
 //! Unknown columns are ignored (kvpress datasets carry extras such as `task`), so a kvpress
 //! evaluation file can be used as is.
 //!
@@ -15,11 +16,11 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
-/// Parameters of `jsonl`.
+/// Parameters of `jsonl` and `parquet`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct JsonlParams {
-    /// The JSONL file (required).
+    /// The data file (required).
     pub path: String,
     /// `string_match_part`, `string_match_all`, `exact_match` or `token_f1`.
     pub metric: String,
@@ -61,6 +62,97 @@ struct Row {
     max_new_tokens: Option<usize>,
 }
 
+impl Row {
+    fn into_example(self, id: String, metric: Metric, default_new: usize) -> Example {
+        let answers = match self.answer {
+            Answer::One(a) => vec![a],
+            Answer::Many(a) => a,
+        };
+        Example {
+            id,
+            context: Context::Text(self.context),
+            question: self.question,
+            answer_prefix: self.answer_prefix,
+            answers,
+            metric,
+            max_new_tokens: self.max_new_tokens.unwrap_or(default_new),
+            continuation: vec![],
+            depth: None,
+        }
+    }
+}
+
+/// Reads kvpress-column rows from a Parquet file. A missing required column, or a value of
+/// the wrong type, is an error naming the file, the row (0-based) and the column.
+pub fn read_parquet(path: &Path, metric: Metric, default_new: usize) -> Result<Vec<Example>> {
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::record::Field;
+    let file_name = path.display().to_string();
+    let bad = |reason: String| Error::Format {
+        file: file_name.clone(),
+        reason,
+    };
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let reader =
+        SerializedFileReader::new(file).map_err(|e| bad(format!("not a Parquet file: {e}")))?;
+    let rows = reader
+        .get_row_iter(None)
+        .map_err(|e| bad(format!("cannot read rows: {e}")))?;
+    let text = |field: &Field| match field {
+        Field::Str(s) => Some(s.clone()),
+        _ => None,
+    };
+    let mut out = Vec::new();
+    for (i, row) in rows.enumerate() {
+        let row = row.map_err(|e| bad(format!("row {i}: {e}")))?;
+        let (mut context, mut question, mut prefix, mut answer, mut new) =
+            (None, String::new(), String::new(), None, None);
+        for (name, field) in row.get_column_iter() {
+            let wrong = |want: &str| {
+                bad(format!(
+                    "row {i}: column `{name}` must be {want}, got {field:?}"
+                ))
+            };
+            match (name.as_str(), field) {
+                (_, Field::Null) => {}
+                ("context", f) => context = Some(text(f).ok_or_else(|| wrong("a string"))?),
+                ("question", f) => question = text(f).ok_or_else(|| wrong("a string"))?,
+                ("answer_prefix", f) => prefix = text(f).ok_or_else(|| wrong("a string"))?,
+                ("answer", Field::ListInternal(list)) => {
+                    let items: Option<Vec<String>> = list.elements().iter().map(text).collect();
+                    answer = Some(Answer::Many(
+                        items.ok_or_else(|| wrong("a list of strings"))?,
+                    ));
+                }
+                ("answer", f) => {
+                    answer = Some(Answer::One(
+                        text(f).ok_or_else(|| wrong("a string or a list of strings"))?,
+                    ))
+                }
+                ("max_new_tokens", Field::Int(n)) => new = usize::try_from(*n).ok(),
+                ("max_new_tokens", Field::Long(n)) => new = usize::try_from(*n).ok(),
+                ("max_new_tokens", _) => return Err(wrong("an integer")),
+                _ => {}
+            }
+        }
+        let missing = |col: &str| {
+            bad(format!("row {i}: column `{col}` is missing (kvpress columns: context, question, answer_prefix, answer, max_new_tokens)"))
+        };
+        let row = Row {
+            context: context.ok_or_else(|| missing("context"))?,
+            question,
+            answer_prefix: prefix,
+            answer: answer.ok_or_else(|| missing("answer"))?,
+            max_new_tokens: new,
+        };
+        out.push(row.into_example(format!("row-{i}"), metric, default_new));
+    }
+    if out.is_empty() {
+        return Err(bad("no rows".into()));
+    }
+    Ok(out)
+}
+
 /// Reads kvpress-column rows from a JSONL file; a malformed line is an error naming the file
 /// and the 1-based line number. Blank lines are skipped.
 pub fn read_jsonl(path: &Path, metric: Metric, default_new: usize) -> Result<Vec<Example>> {
@@ -78,21 +170,7 @@ pub fn read_jsonl(path: &Path, metric: Metric, default_new: usize) -> Result<Vec
                 i + 1
             ),
         })?;
-        let answers = match row.answer {
-            Answer::One(a) => vec![a],
-            Answer::Many(a) => a,
-        };
-        out.push(Example {
-            id: format!("line-{}", i + 1),
-            context: Context::Text(row.context),
-            question: row.question,
-            answer_prefix: row.answer_prefix,
-            answers,
-            metric,
-            max_new_tokens: row.max_new_tokens.unwrap_or(default_new),
-            continuation: vec![],
-            depth: None,
-        });
+        out.push(row.into_example(format!("line-{}", i + 1), metric, default_new));
     }
     if out.is_empty() {
         return Err(Error::Format {
@@ -103,25 +181,41 @@ pub fn read_jsonl(path: &Path, metric: Metric, default_new: usize) -> Result<Vec
     Ok(out)
 }
 
-const NAME: &str = "jsonl";
+/// The file formats a user dataset can come in; each is its own registered task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FileFormat {
+    Jsonl,
+    Parquet,
+}
 
-/// The `jsonl` task: rows loaded at build time.
-pub struct Jsonl {
+impl FileFormat {
+    fn name(self) -> &'static str {
+        match self {
+            FileFormat::Jsonl => "jsonl",
+            FileFormat::Parquet => "parquet",
+        }
+    }
+}
+
+/// The `jsonl` / `parquet` task: rows loaded at build time.
+pub struct UserFile {
     p: JsonlParams,
+    format: FileFormat,
     rows: Vec<Example>,
 }
 
-impl Jsonl {
-    pub fn new(p: JsonlParams) -> Result<Self> {
+impl UserFile {
+    pub fn new(p: JsonlParams, format: FileFormat) -> Result<Self> {
+        let name = format.name();
         let bad = |reason: String| Error::Params {
             kind: "task",
-            name: NAME.into(),
+            name: name.into(),
             reason,
         };
         if p.path.is_empty() {
-            return Err(bad(
-                "`path` is required (a .jsonl file in kvpress's columns)".into(),
-            ));
+            return Err(bad(format!(
+                "`path` is required (a .{name} file in kvpress's columns)"
+            )));
         }
         let metric: Metric = p.metric.parse()?;
         if metric == Metric::Perplexity {
@@ -132,17 +226,20 @@ impl Jsonl {
             return Err(Error::Config {
                 file: p.path.clone(),
                 field: "path".into(),
-                reason: "task `jsonl`: data file not found".into(),
+                reason: format!("task `{name}`: data file not found"),
             });
         }
-        let rows = read_jsonl(&path, metric, p.max_new_tokens)?;
-        Ok(Jsonl { p, rows })
+        let rows = match format {
+            FileFormat::Jsonl => read_jsonl(&path, metric, p.max_new_tokens)?,
+            FileFormat::Parquet => read_parquet(&path, metric, p.max_new_tokens)?,
+        };
+        Ok(UserFile { p, format, rows })
     }
 }
 
-impl Task for Jsonl {
+impl Task for UserFile {
     fn name(&self) -> &'static str {
-        NAME
+        self.format.name()
     }
     fn params(&self) -> toml::Table {
         to_table(&self.p)
@@ -150,7 +247,8 @@ impl Task for Jsonl {
     fn examples(&self, _tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<Example>> {
         if n > self.rows.len() {
             return Err(Error::invalid(format!(
-                "task `jsonl`: {n} examples asked, {} has {} rows",
+                "task `{}`: {n} examples asked, {} has {} rows",
+                self.format.name(),
                 self.p.path,
                 self.rows.len()
             )));
@@ -167,15 +265,30 @@ fn defaults() -> toml::Table {
     to_table(&JsonlParams::default())
 }
 
-fn build(t: &toml::Table) -> Result<Box<dyn Task>> {
-    Ok(Box::new(Jsonl::new(parse_params("task", NAME, t)?)?))
+fn build_jsonl(t: &toml::Table) -> Result<Box<dyn Task>> {
+    let p = parse_params("task", "jsonl", t)?;
+    Ok(Box::new(UserFile::new(p, FileFormat::Jsonl)?))
+}
+
+fn build_parquet(t: &toml::Table) -> Result<Box<dyn Task>> {
+    let p = parse_params("task", "parquet", t)?;
+    Ok(Box::new(UserFile::new(p, FileFormat::Parquet)?))
 }
 
 inventory::submit! {
     TaskDescriptor {
-        name: NAME,
+        name: "jsonl",
         description: "a user JSONL file in kvpress columns (context, question, answer_prefix, answer, max_new_tokens)",
         defaults,
-        build,
+        build: build_jsonl,
+    }
+}
+
+inventory::submit! {
+    TaskDescriptor {
+        name: "parquet",
+        description: "a user Parquet file in kvpress columns (context, question, answer_prefix, answer, max_new_tokens)",
+        defaults,
+        build: build_parquet,
     }
 }
