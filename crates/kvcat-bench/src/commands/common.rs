@@ -30,13 +30,17 @@ impl ModelArgs {
     }
 }
 
-/// An ids file: `{"context": [ids…], "continuation": [ids…]}` (`continuation` optional).
+/// An ids file: `{"context": [ids…], "continuation": [ids…], "question": [ids…]}`
+/// (`continuation` and `question` optional). `question` is shown to query-aware compressors
+/// by `kvcat compress` and is not part of any sequence that is run.
 #[derive(serde::Deserialize, Debug)]
 #[serde(deny_unknown_fields)]
 pub struct IdsFile {
     pub context: Vec<i64>,
     #[serde(default)]
     pub continuation: Vec<i64>,
+    #[serde(default)]
+    pub question: Vec<i64>,
 }
 
 impl IdsFile {

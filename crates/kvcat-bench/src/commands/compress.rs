@@ -23,7 +23,8 @@ use tch::{Kind, Tensor};
 pub struct CompressArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// JSON ids file: {"context": [ids…], "continuation": [ids…]} (continuation optional).
+    /// JSON ids file: {"context": [ids…], "continuation": [ids…], "question": [ids…]}
+    /// (continuation optional; a question makes compression query-aware).
     #[arg(long)]
     pub ids_file: PathBuf,
     /// A registered compressor (see `kvcat list`).
@@ -125,12 +126,20 @@ pub fn compress_ids(
         .view([1, -1])
         .to_device(device);
     let (cache, hidden) = probe::prefill_for_compression(model, &context)?;
+    let question = (!ids.question.is_empty()).then(|| {
+        Tensor::from_slice(&ids.question)
+            .view([1, -1])
+            .to_device(device)
+    });
+    if question.is_some() {
+        model.check_tokens(question.as_ref().expect("just checked"))?;
+    }
     let input = CompressionInput {
         model,
         cache: &cache,
         context: &context,
         hidden: &hidden,
-        question: None,
+        question: question.as_ref(),
         budget,
         seed,
     };
@@ -188,8 +197,12 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
         args.seed,
     )
     .with_context(|| format!("compressing {}", args.ids_file.display()))?;
-    Tensor::write_safetensors(&out.tensors, &args.out)
-        .with_context(|| format!("writing {}", args.out.display()))?;
+    let named: Vec<(&str, Tensor)> = out
+        .tensors
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.shallow_clone()))
+        .collect();
+    super::common::write_safetensors(&args.out, &named)?;
     println!(
         "compressor {} ({}) budget {} achieved {:.4} over {} context tokens -> {}",
         args.compressor,
