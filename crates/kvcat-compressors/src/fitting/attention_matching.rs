@@ -7,18 +7,18 @@
 //! so the attention *outputs* match. The result is an ordinary [`LayerCache`] of `t` slots per
 //! head `[b, kv_heads, t, d]` whose `bias` holds β.
 //!
-//! Reference queries come from a "repeat the context" pass ([`RepeatProbe`]), optionally plus
+//! Reference queries come from a "repeat the context" pass ([`RepeatProbe`](super::reference::RepeatProbe)), optionally plus
 //! the context's own prefill queries and (query-aware runs) the question's queries. With
 //! `layer_by_layer = true` the repeat pass runs through each layer's *compacted* cache before
 //! reaching the next layer, so later layers are fitted to the queries they will really see.
 
 use super::compact::{compact_head, CompactOptions, KeySelection};
 use super::nnls::Method;
-use super::reference::{group_queries, RepeatProbe};
+use super::reference::{fit_layers, ReferenceSource};
 use super::{layer_offset, pad_heads};
 use kvcat_core::compressor::{Compressed, CompressionInput, Compressor, CompressorDescriptor};
 use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{probe, Error, KvCache, LayerCache, Result};
+use kvcat_core::{Error, KvCache, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
 use tch::Tensor;
@@ -128,30 +128,16 @@ pub struct AttentionMatching {
     pub params: AttentionMatchingParams,
 }
 
-/// Reference queries of one layer per KV head, `[b, kv_heads, n, d]`, from the repeat probe
-/// (and the context's own queries when asked).
-pub(crate) fn layer_reference(
-    input: &CompressionInput,
-    probe_state: &RepeatProbe,
-    layer: usize,
-    self_queries: bool,
-    max_queries: i64,
-) -> Result<Tensor> {
-    let mut q = probe_state.queries();
-    if self_queries {
-        let hidden = input.hidden.get(layer).ok_or_else(|| {
-            Error::invalid(format!(
-                "self_queries needs the prefill hidden states of layer {layer}, but \
-                 CompressionInput.hidden has {} entries",
-                input.hidden.len()
-            ))
-        })?;
-        let t = hidden.size()[1];
-        let own = probe::queries(input.model, layer, hidden, 0, t)?;
-        q = Tensor::cat(&[q, own], 2);
+impl AttentionMatchingParams {
+    fn reference_source(&self) -> ReferenceSource<'_> {
+        ReferenceSource {
+            instruction_ids: &self.instruction_ids,
+            question_queries: self.question_queries,
+            self_queries: self.self_queries,
+            max_queries: self.max_queries,
+            layer_by_layer: self.layer_by_layer,
+        }
     }
-    let kvh = input.model.layers[layer].self_attn.num_kv_heads;
-    Ok(group_queries(&q, kvh, max_queries))
 }
 
 impl AttentionMatching {
@@ -204,32 +190,13 @@ impl Compressor for AttentionMatching {
             return Ok(Compressed::unchanged(cache));
         };
         let _g = tch::no_grad_guard();
-        let question = input.question.filter(|_| self.params.question_queries);
-        let instr = &self.params.instruction_ids;
-        let mut repeat =
-            RepeatProbe::new(input.model, input.context, instr, question, cache.seq_len)?;
-        let mut layers = Vec::with_capacity(cache.layers.len());
         let (mut err, mut mass) = (0.0, 0.0);
-        for (i, layer) in cache.layers.iter().enumerate() {
-            let refs = layer_reference(
-                input,
-                &repeat,
-                i,
-                self.params.self_queries,
-                self.params.max_queries,
-            )?;
-            let (new, e, m) = self.compact_layer(layer, &refs, t)?;
+        let layers = fit_layers(input, &self.params.reference_source(), |_, layer, refs| {
+            let (new, e, m) = self.compact_layer(layer, refs, t)?;
             err += e;
             mass += m;
-            if i + 1 < cache.layers.len() {
-                repeat.advance(if self.params.layer_by_layer {
-                    &new
-                } else {
-                    layer
-                })?;
-            }
-            layers.push(new);
-        }
+            Ok(new)
+        })?;
         let n_layers = cache.layers.len() as f64;
         let secs = start.elapsed().as_secs_f64();
         Ok(Compressed {

@@ -18,10 +18,9 @@
 //! ([`kl`](super::kl)).
 
 use super::adam::Adam;
-use super::attention_matching::layer_reference;
 use super::kl::{fit_kl, KlSettings};
 use super::layer_offset;
-use super::reference::RepeatProbe;
+use super::reference::{fit_layers, ReferenceSource};
 use kvcat_core::compressor::{
     build_compressor, Compressed, CompressionInput, Compressor, CompressorDescriptor,
 };
@@ -126,6 +125,18 @@ fn attend(q: &Tensor, k: &Tensor, v: &Tensor, o: Option<&Tensor>) -> (Tensor, Te
     let lse = logits.logsumexp(&[-1i64][..], false);
     let p = (logits - lse.unsqueeze(-1)).exp();
     (lse, p.matmul(v))
+}
+
+impl KvFitParams {
+    fn reference_source(&self) -> ReferenceSource<'_> {
+        ReferenceSource {
+            instruction_ids: &self.instruction_ids,
+            question_queries: self.question_queries,
+            self_queries: self.self_queries,
+            max_queries: self.max_queries,
+            layer_by_layer: self.layer_by_layer,
+        }
+    }
 }
 
 impl KvFit {
@@ -329,38 +340,15 @@ impl KvFit {
         if self.params.objective == Objective::NextTokenKl {
             return self.compress_kl(input, &init, start, init_secs);
         }
-        let question = input.question.filter(|_| self.params.question_queries);
-        let mut repeat = RepeatProbe::new(
-            input.model,
-            input.context,
-            &self.params.instruction_ids,
-            question,
-            cache.seq_len,
-        )?;
-        let mut layers = Vec::with_capacity(cache.layers.len());
         let (mut first, mut last, mut rel, mut steps) = (0.0, 0.0, 0.0, 0.0);
-        for (i, (orig, start_layer)) in cache.layers.iter().zip(&init.layers).enumerate() {
-            let refs = layer_reference(
-                input,
-                &repeat,
-                i,
-                self.params.self_queries,
-                self.params.max_queries,
-            )?;
-            let (fitted, trace) = self.fit_layer(orig, start_layer, &refs)?;
+        let layers = fit_layers(input, &self.params.reference_source(), |i, orig, refs| {
+            let (fitted, trace) = self.fit_layer(orig, &init.layers[i], refs)?;
             first += trace.losses.first().copied().unwrap_or(0.0);
             last += trace.losses.last().copied().unwrap_or(0.0);
             rel += trace.rel_output_error;
             steps += (trace.losses.len() - 1) as f64;
-            if i + 1 < cache.layers.len() {
-                repeat.advance(if self.params.layer_by_layer {
-                    &fitted
-                } else {
-                    orig
-                })?;
-            }
-            layers.push(fitted);
-        }
+            Ok(fitted)
+        })?;
         let n = cache.layers.len() as f64;
         let secs = start.elapsed().as_secs_f64();
         Ok(Compressed {

@@ -10,7 +10,7 @@
 //! ("layer-by-layer": later layers then see the compacted earlier ones).
 
 use kvcat_core::attention::{rope_tables, AttentionCapture};
-use kvcat_core::{Error, LayerCache, Llama, Result};
+use kvcat_core::{probe, CompressionInput, Error, LayerCache, Llama, Result};
 use tch::{Kind, Tensor};
 
 /// The suffix's hidden state, one layer at a time.
@@ -151,4 +151,73 @@ pub fn group_queries(q: &Tensor, kv_heads: i64, max_per_kv_head: i64) -> Tensor 
     let q = q.index_select(2, &idx);
     let m = q.size()[2];
     q.view([b, kv_heads, g * m, d])
+}
+
+/// Where the fitting compressors take their reference queries from (their shared params).
+pub struct ReferenceSource<'p> {
+    /// Token ids of the instruction between the context and its repetition.
+    pub instruction_ids: &'p [i64],
+    /// Also take queries from the question, when the compression is query-aware.
+    pub question_queries: bool,
+    /// Also take the context's own queries from the prefill.
+    pub self_queries: bool,
+    /// Cap on reference queries per KV head.
+    pub max_queries: i64,
+    /// Later layers see the fitted earlier layers (else the original ones).
+    pub layer_by_layer: bool,
+}
+
+/// Fits a cache layer by layer: `fit(i, layer, refs)` returns layer `i` fitted to its
+/// per-KV-head reference queries `refs` `[b, kv_heads, n, d]`. The repeat-the-context probe
+/// then advances through the fitted layer (`layer_by_layer`) or the original one.
+pub fn fit_layers(
+    input: &CompressionInput,
+    src: &ReferenceSource,
+    mut fit: impl FnMut(usize, &LayerCache, &Tensor) -> Result<LayerCache>,
+) -> Result<Vec<LayerCache>> {
+    let cache = input.cache;
+    let question = input.question.filter(|_| src.question_queries);
+    let mut repeat = RepeatProbe::new(
+        input.model,
+        input.context,
+        src.instruction_ids,
+        question,
+        cache.seq_len,
+    )?;
+    let mut layers = Vec::with_capacity(cache.layers.len());
+    for (i, layer) in cache.layers.iter().enumerate() {
+        let refs = layer_reference(input, &repeat, i, src.self_queries, src.max_queries)?;
+        let fitted = fit(i, layer, &refs)?;
+        if i + 1 < cache.layers.len() {
+            repeat.advance(if src.layer_by_layer { &fitted } else { layer })?;
+        }
+        layers.push(fitted);
+    }
+    Ok(layers)
+}
+
+/// Reference queries of one layer per KV head, `[b, kv_heads, n, d]`, from the repeat probe
+/// (and the context's own queries when asked).
+fn layer_reference(
+    input: &CompressionInput,
+    probe_state: &RepeatProbe,
+    layer: usize,
+    self_queries: bool,
+    max_queries: i64,
+) -> Result<Tensor> {
+    let mut q = probe_state.queries();
+    if self_queries {
+        let hidden = input.hidden.get(layer).ok_or_else(|| {
+            Error::invalid(format!(
+                "self_queries needs the prefill hidden states of layer {layer}, but \
+                 CompressionInput.hidden has {} entries",
+                input.hidden.len()
+            ))
+        })?;
+        let t = hidden.size()[1];
+        let own = probe::queries(input.model, layer, hidden, 0, t)?;
+        q = Tensor::cat(&[q, own], 2);
+    }
+    let kvh = input.model.layers[layer].self_attn.num_kv_heads;
+    Ok(group_queries(&q, kvh, max_queries))
 }
