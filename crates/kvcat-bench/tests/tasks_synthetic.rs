@@ -14,7 +14,7 @@ fn within(n: usize, len: usize) -> bool {
 fn mqar_examples() {
     let tok = tokenizer();
     for len in [128usize, 512, 1500] {
-        let t = task("mqar", &format!("context_len = {len}"));
+        let t = task("mqar", &format!("format = \"lines\"\ncontext_len = {len}"));
         let a = t.examples(&tok, 3, 2).unwrap();
         assert_eq!(a, t.examples(&tok, 3, 2).unwrap());
         for e in &a {
@@ -36,10 +36,85 @@ fn mqar_examples() {
             }
         }
     }
-    let e = &task("mqar", "context_len = 400\ndepth = 0.5")
+    let e = &task("mqar", "format = \"lines\"\ncontext_len = 400\ndepth = 0.5")
         .examples(&tok, 1, 0)
         .unwrap()[0];
     assert!((e.depth.unwrap() - 0.5).abs() < 0.03);
+}
+
+/// Token-level `mqar`: every key and value is one token, the asked pair appears once, worked
+/// queries replay real pairs, and the answer follows the prompt as one more token.
+#[test]
+fn mqar_token_format() {
+    let tok = tokenizer();
+    for len in [64usize, 128] {
+        let t = task("mqar", &format!("context_len = {len}\nnum_queries = 3"));
+        let a = t.examples(&tok, 4, 2).unwrap();
+        assert_eq!(a, t.examples(&tok, 4, 2).unwrap());
+        for e in &a {
+            let text = context_text(e);
+            assert!(within(tok.encode(text).unwrap().len(), len), "{len}");
+            let lines: Vec<&str> = text.lines().collect();
+            for l in &lines {
+                let words: Vec<&str> = l.split(' ').collect();
+                assert_eq!(words.len(), 3, "{l:?}");
+                assert_eq!(tok.encode(l).unwrap().len(), 2, "{l:?}");
+            }
+            let key = e.question.lines().last().unwrap();
+            assert_eq!(
+                lines
+                    .iter()
+                    .filter(|l| l.starts_with(&format!("{key} ")))
+                    .count(),
+                1
+            );
+            let answer = e.answer_continuation().unwrap();
+            assert!(lines.contains(&format!("{key}{answer}").as_str()));
+            assert_eq!(tok.encode(&answer).unwrap().len(), 1);
+            for q in e
+                .question
+                .lines()
+                .skip(1)
+                .filter(|l| l.split(' ').count() == 3)
+            {
+                assert!(lines.contains(&q), "{q}");
+            }
+        }
+    }
+    // A tokenizer with too few single-token words for the length is refused with advice.
+    let e = task("mqar", "context_len = 6000")
+        .examples(&tok, 1, 0)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("single-token") && e.contains("format"), "{e}");
+}
+
+/// Training rows of `mqar` are dense and in the evaluated text: pairs, then queries that
+/// replay them, exactly `seq_len` tokens, fresh per seed.
+#[test]
+fn mqar_training_rows() {
+    let tok = tokenizer();
+    let t = task("mqar", "context_len = 64");
+    let a = t.training_row(&tok, 96, 5, 0).unwrap();
+    assert_eq!(a.len(), 96);
+    assert_eq!(a, t.training_row(&tok, 96, 5, 0).unwrap());
+    assert_ne!(a, t.training_row(&tok, 96, 6, 0).unwrap());
+    let text = tok.decode(&a).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    // Every complete line after the first occurrence of its key repeats the same value.
+    let mut seen = std::collections::HashMap::new();
+    let mut repeats = 0;
+    for l in &lines[..lines.len() - 1] {
+        let (k, v) = l.rsplit_once(' ').unwrap();
+        match seen.insert(k.to_string(), v.to_string()) {
+            Some(old) => {
+                assert_eq!(old, v, "{l}");
+                repeats += 1;
+            }
+            None => {}
+        }
+    }
+    assert!(repeats >= 8, "only {repeats} query lines in {text:?}");
 }
 
 #[test]

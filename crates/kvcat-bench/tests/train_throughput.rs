@@ -88,6 +88,7 @@ fn policy_step_throughput() {
                     None,
                     arm.policy.as_mut(),
                     &x,
+                    &x,
                     p,
                     kept,
                     &loss,

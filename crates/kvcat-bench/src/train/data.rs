@@ -5,27 +5,52 @@
 //! files keyed by a hash of the tokenizer and the corpus files. Training sequences are the
 //! non-overlapping `seq_len` windows of the training stream; a batch draws windows uniformly
 //! with the `(seed, step, micro)` generator, optionally replacing rows by synthetic retrieval
-//! sequences.
+//! rows. Synthetic rows are generated fresh from a seed drawn from that same generator (mixed
+//! into a stream disjoint from evaluation), so a long run never sees a row twice and cannot
+//! memorise its way through retrieval; `data.synthetic_pool` restores a fixed pool for
+//! ablations.
 
 use super::config::TrainConfig;
 use super::corpus;
 use super::schedule::{step_rng, Stream};
-use super::synthetic;
+use super::synthetic::{self, SyntheticSource};
 use anyhow::{bail, Context};
+use kvcat_core::task::TrainingRow;
 use kvcat_core::Tokenizer;
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::path::Path;
 use tch::{Device, Tensor};
 
-/// Synthetic sequences generated per run (drawn from uniformly).
-const SYNTHETIC_POOL: usize = 256;
+/// The label of a token that the next-token loss does not score (`cross_entropy`'s
+/// `ignore_index`).
+pub const IGNORED: i64 = -100;
+
+/// One micro-batch.
+pub struct Batch {
+    /// `[batch_size, seq_len]` int64 token ids.
+    pub tokens: Tensor,
+    /// `[batch_size, seq_len]` int64 next-token targets: the token id where scored, else
+    /// [`IGNORED`] (synthetic retrieval rows score only their retrievable tokens).
+    pub labels: Tensor,
+}
+
+/// The generator of a run's synthetic rows.
+pub struct SyntheticRows {
+    pub source: SyntheticSource,
+    pub tokenizer: Tokenizer,
+    /// Fills rows that whole examples leave short (the end-of-text id, else a newline).
+    pub pad: i64,
+    /// Draw from this many fixed rows instead of fresh ones (`data.synthetic_pool`).
+    pub pool: Option<usize>,
+}
 
 /// The packed token streams of a run.
 pub struct TrainData {
     pub train: Vec<u32>,
     pub heldout: Vec<u32>,
-    pub synthetic: Vec<Vec<i64>>,
+    /// Synthetic rows, when `data.synthetic_fraction > 0`.
+    pub synthetic: Option<SyntheticRows>,
     pub seq_len: i64,
     pub batch_size: i64,
     pub synthetic_fraction: f64,
@@ -64,6 +89,22 @@ pub fn load_documents(cfg: &TrainConfig) -> anyhow::Result<Vec<Vec<String>>> {
             corpus::documents(&src).with_context(|| format!("field `data.corpora[{i}]`"))
         })
         .collect()
+}
+
+impl SyntheticRows {
+    /// The row of `row_seed`, exactly `seq_len` ids.
+    fn row(&self, seq_len: usize, row_seed: u64) -> anyhow::Result<TrainingRow> {
+        let row = self
+            .source
+            .row(&self.tokenizer, seq_len, row_seed, self.pad)?;
+        if row.ids.len() != seq_len || row.targets.as_ref().is_some_and(|t| t.len() != seq_len) {
+            bail!(
+                "field `data.synthetic_task`: a training row has {} tokens, not `seq_len` = {seq_len}",
+                row.ids.len()
+            );
+        }
+        Ok(row)
+    }
 }
 
 impl TrainData {
@@ -136,12 +177,20 @@ impl TrainData {
                 train.len()
             );
         }
-        let synthetic = match (&cfg.data.synthetic_task, cfg.data.synthetic_fraction > 0.0) {
-            (_, false) => Vec::new(),
-            (Some(task), true) => synthetic::from_task(task, tok, t, SYNTHETIC_POOL, cfg.seed)?,
-            (None, true) => (0..SYNTHETIC_POOL)
-                .map(|i| synthetic::kv_recall(tok, t, cfg.seed.wrapping_add(i as u64)))
-                .collect::<anyhow::Result<_>>()?,
+        let synthetic = if cfg.data.synthetic_fraction > 0.0 {
+            let source = SyntheticSource::new(cfg.data.synthetic_task.as_ref())?;
+            let newline = tok.encode("\n")?.first().copied();
+            let rows = SyntheticRows {
+                source,
+                tokenizer: tok.clone(),
+                pad: eos.or(newline).unwrap_or(0),
+                pool: cfg.data.synthetic_pool,
+            };
+            // Fail at start-up, not at the first synthetic draw, on a format that cannot fit.
+            rows.row(t, synthetic::row_seed(cfg.seed, 0))?;
+            Some(rows)
+        } else {
+            None
         };
         Ok(TrainData {
             train,
@@ -159,25 +208,49 @@ impl TrainData {
         self.train.len() / self.seq_len as usize
     }
 
-    /// The micro-batch of `(step, micro)`: `[batch_size, seq_len]` int64 on `device`.
-    pub fn batch(&self, step: usize, micro: usize, device: Device) -> Tensor {
+    /// The micro-batch of `(step, micro)` on `device`.
+    pub fn batch(&self, step: usize, micro: usize, device: Device) -> anyhow::Result<Batch> {
         let mut rng = step_rng(self.seed, step, micro, Stream::Data);
         let t = self.seq_len as usize;
         let n = self.windows();
-        let mut rows: Vec<i64> = Vec::with_capacity(self.batch_size as usize * t);
+        let size = self.batch_size as usize * t;
+        let mut rows: Vec<i64> = Vec::with_capacity(size);
+        let mut labels: Vec<i64> = Vec::with_capacity(size);
         for _ in 0..self.batch_size {
-            let synth = !self.synthetic.is_empty() && rng.random::<f64>() < self.synthetic_fraction;
-            if synth {
-                let s = &self.synthetic[rng.random_range(0..self.synthetic.len())];
-                rows.extend_from_slice(s);
+            let synth = match &self.synthetic {
+                Some(s) if rng.random::<f64>() < self.synthetic_fraction => Some(s),
+                _ => None,
+            };
+            if let Some(s) = synth {
+                let i = match s.pool {
+                    Some(pool) => rng.random_range(0..pool as u64),
+                    None => rng.random::<u64>(),
+                };
+                let row = s.row(t, synthetic::row_seed(self.seed, i))?;
+                match &row.targets {
+                    Some(targets) => {
+                        labels.extend(row.ids.iter().zip(targets).map(|(&id, &scored)| {
+                            if scored {
+                                id
+                            } else {
+                                IGNORED
+                            }
+                        }))
+                    }
+                    None => labels.extend_from_slice(&row.ids),
+                }
+                rows.extend(row.ids);
             } else {
                 let w = rng.random_range(0..n);
                 rows.extend(self.train[w * t..(w + 1) * t].iter().map(|&x| x as i64));
+                labels.extend_from_slice(&rows[rows.len() - t..]);
             }
         }
-        Tensor::from_slice(&rows)
-            .view([self.batch_size, self.seq_len])
-            .to_device(device)
+        let shape = [self.batch_size, self.seq_len];
+        Ok(Batch {
+            tokens: Tensor::from_slice(&rows).view(shape).to_device(device),
+            labels: Tensor::from_slice(&labels).view(shape).to_device(device),
+        })
     }
 
     /// The first `n` held-out windows (fewer if the held-out stream is short), in batches of

@@ -37,20 +37,23 @@ pub struct LossTerms {
     pub kept: i64,
 }
 
-/// Mean cross-entropy of predicting `tokens[:, from..T]` from `logits[:, from−1..T−1]`.
-/// `logits` `[b, T, V]`, `tokens` `[b, T]`; `1 ≤ from < T`.
-pub fn ntp(logits: &Tensor, tokens: &Tensor, from: i64) -> Tensor {
-    let t = tokens.size()[1];
+/// Mean cross-entropy of predicting `labels[:, from..T]` from `logits[:, from−1..T−1]`, over
+/// the scored labels (`labels` holds token ids, or `-100` where a token is not scored; 0 when
+/// none is). `logits` `[b, T, V]`, `labels` `[b, T]`; `1 ≤ from < T`.
+pub fn ntp(logits: &Tensor, labels: &Tensor, from: i64) -> Tensor {
+    let t = labels.size()[1];
     let v = logits.size()[2];
     let pred = logits.narrow(1, from - 1, t - from).to_kind(Kind::Float);
-    let tgt = tokens.narrow(1, from, t - from).to_device(pred.device());
-    pred.reshape([-1, v]).cross_entropy_loss::<Tensor>(
-        &tgt.reshape([-1]),
-        None,
-        Reduction::Mean,
-        -100,
-        0.0,
-    )
+    let tgt = labels
+        .narrow(1, from, t - from)
+        .to_device(pred.device())
+        .reshape([-1]);
+    let sum =
+        pred.reshape([-1, v])
+            .cross_entropy_loss::<Tensor>(&tgt, None, Reduction::Sum, -100, 0.0);
+    // Divide on the device (no host read): a batch with nothing scored gives 0, not NaN.
+    let scored = tgt.ne(-100).sum(Kind::Float).clamp_min(1.0);
+    sum / scored
 }
 
 /// Mean over positions `from−1..T−1` of `τ² · KL(softmax(teacher/τ) ‖ softmax(student/τ))`.
@@ -132,8 +135,9 @@ fn detach_cache(cache: &KvCache) -> KvCache {
     }
 }
 
-/// Computes the loss of one micro-batch `tokens` `[b, T]` with prefix length `prefix_len` and
-/// `kept` prefix slots per head. `frozen` is the frozen starting model when
+/// Computes the loss of one micro-batch `tokens` `[b, T]` (next-token targets `labels`
+/// `[b, T]`, `-100` where unscored; pass `tokens` to score every token) with prefix length
+/// `prefix_len` and `kept` prefix slots per head. `frozen` is the frozen starting model when
 /// `loss.teacher = "frozen"`.
 #[allow(clippy::too_many_arguments)]
 pub fn batch_loss(
@@ -141,6 +145,7 @@ pub fn batch_loss(
     frozen: Option<&Llama>,
     policy: &mut dyn MaskingPolicy,
     tokens: &Tensor,
+    labels: &Tensor,
     prefix_len: i64,
     kept: i64,
     loss: &LossConfig,
@@ -220,7 +225,7 @@ pub fn batch_loss(
             (Some(f), true) => f.shallow_clone(),
             _ => masked_logits(model, tokens, &plan)?,
         };
-        let m = ntp(&student, tokens, p);
+        let m = ntp(&student, labels, p);
         terms.mask = Some(m.double_value(&[]));
         if loss.w_mask > 0.0 {
             total = total + m * loss.w_mask;
@@ -232,7 +237,7 @@ pub fn batch_loss(
         }
     }
     if let Some(f) = &full_logits {
-        let full = ntp(f, tokens, 1);
+        let full = ntp(f, labels, 1);
         terms.full = Some(full.double_value(&[]));
         total = total + full * loss.w_full;
     }

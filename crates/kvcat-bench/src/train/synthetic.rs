@@ -11,6 +11,7 @@
 
 use super::config::SyntheticTask;
 use anyhow::Context;
+use kvcat_core::task::TrainingRow;
 use kvcat_core::Tokenizer;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -46,13 +47,51 @@ pub fn kv_recall(tok: &Tokenizer, seq_len: usize, seed: u64) -> anyhow::Result<V
     Ok(ids)
 }
 
-/// Mixed into the seed of task-drawn training examples ("kvcat-tr").
-const TRAIN_SEED_STREAM: u64 = 0x6b76_6361_742d_7472;
+/// Mixed into the seed of every synthetic training row ("kvcat-tr"), so that rows never share a
+/// generator with the evaluated examples of a task (`example_rng(seed, index)`).
+pub const TRAIN_SEED_STREAM: u64 = 0x6b76_6361_742d_7472;
 
-/// `count` rows of exactly `seq_len` ids, each packing consecutive examples of a registered
-/// task (context, question, answer; separated by a blank line) and cut at `seq_len`.
-/// Deterministic in `seed`, and drawn from a different example stream than evaluation
-/// with the same seed.
+/// Where synthetic rows come from.
+pub enum SyntheticSource {
+    /// A registered evaluation task, rendered by its [`kvcat_core::task::Task::training_row`].
+    Task(Box<dyn kvcat_core::task::Task>),
+    /// The built-in key-value recall generator ([`kv_recall`]).
+    KvRecall,
+}
+
+impl SyntheticSource {
+    /// The task named in `data.synthetic_task`, or the built-in generator when absent.
+    pub fn new(task: Option<&SyntheticTask>) -> anyhow::Result<SyntheticSource> {
+        match task {
+            Some(t) => Ok(SyntheticSource::Task(
+                kvcat_core::task::build_task(&t.name, &t.params)
+                    .context("field `data.synthetic_task`")?,
+            )),
+            None => Ok(SyntheticSource::KvRecall),
+        }
+    }
+
+    /// One row of exactly `seq_len` ids for the row seed `row_seed` (already mixed with
+    /// [`TRAIN_SEED_STREAM`] by the caller); `pad` fills rows that whole examples leave short.
+    pub fn row(
+        &self,
+        tok: &Tokenizer,
+        seq_len: usize,
+        row_seed: u64,
+        pad: i64,
+    ) -> anyhow::Result<TrainingRow> {
+        match self {
+            SyntheticSource::Task(task) => task
+                .training_row(tok, seq_len, row_seed, pad)
+                .with_context(|| format!("generating `{}` training rows", task.name())),
+            SyntheticSource::KvRecall => Ok(TrainingRow::dense(kv_recall(tok, seq_len, row_seed)?)),
+        }
+    }
+}
+
+/// `count` rows of exactly `seq_len` ids drawn from `task` with row seeds `0..count` of the
+/// training stream of `seed` (what a fixed pool of `count` rows holds; the trainer draws a
+/// fresh seed per row instead). Deterministic in `seed`.
 pub fn from_task(
     task: &SyntheticTask,
     tok: &Tokenizer,
@@ -60,29 +99,19 @@ pub fn from_task(
     count: usize,
     seed: u64,
 ) -> anyhow::Result<Vec<Vec<i64>>> {
-    let built = kvcat_core::task::build_task(&task.name, &task.params)
-        .context("field `data.synthetic_task`")?;
-    // Training examples come from their own seed stream, so a run seeded like its
-    // evaluation (the usual case) never trains on the evaluated examples.
-    let seed = seed ^ TRAIN_SEED_STREAM;
-    // Each row starts at an example boundary; most rows hold one or two examples.
-    let mut n = count * 2;
-    loop {
-        let texts = built
-            .training_texts(tok, n, seed)
-            .with_context(|| format!("generating `{}` training text", task.name))?;
-        let mut rows = Vec::with_capacity(count);
-        let mut pending: Vec<i64> = Vec::new();
-        for text in &texts {
-            pending.extend(tok.encode(&format!("{text}\n\n"))?);
-            if pending.len() >= seq_len {
-                rows.push(pending[..seq_len].to_vec());
-                pending.clear();
-                if rows.len() == count {
-                    return Ok(rows);
-                }
-            }
-        }
-        n *= 2;
-    }
+    let source = SyntheticSource::new(Some(task))?;
+    let pad = tok
+        .token_id("\n")
+        .or_else(|| tok.encode("\n").ok()?.first().copied())
+        .unwrap_or(0);
+    (0..count as u64)
+        .map(|i| Ok(source.row(tok, seq_len, row_seed(seed, i), pad)?.ids))
+        .collect()
+}
+
+/// The seed of synthetic row `i` of the training stream of `seed`.
+pub fn row_seed(seed: u64, i: u64) -> u64 {
+    (seed ^ TRAIN_SEED_STREAM)
+        .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        .wrapping_add(i.wrapping_mul(0xC2B2_AE3D_27D4_EB4F))
 }

@@ -378,7 +378,7 @@ pub fn train(
             }
         };
         for micro in 0..cfg.grad_accum {
-            let tokens = data.batch(step, micro, device);
+            let batch = data.batch(step, micro, device)?;
             let mut srng = step_rng(cfg.seed, step, micro, Stream::Split);
             let p = sample_prefix(lo, hi, &mut srng);
             let kept = sample_budget(&cfg.budget, &mut srng).kept(p);
@@ -387,7 +387,8 @@ pub fn train(
                 &model,
                 frozen.as_ref().map(|f| &f.net),
                 policy.as_mut(),
-                &tokens,
+                &batch.tokens,
+                &batch.labels,
                 p,
                 kept,
                 &cfg.loss,
