@@ -3,6 +3,7 @@
 //! better, symmetric about 0), with the value and its 95% interval printed in each cell and
 //! significant cells (interval excludes 0) marked by `*` and a heavy border. SVG and PNG.
 
+use super::matrix::decimals_for;
 use super::plot::register_fonts;
 use kvcat_core::{Error, Result};
 use plotters::coord::Shift;
@@ -80,8 +81,9 @@ pub fn diverging(t: f64) -> RGBColor {
     RGBColor(mix(mid.0, end.0), mix(mid.1, end.1), mix(mid.2, end.2))
 }
 
-fn signed(v: f64) -> String {
-    super::matrix::fmt_signed(v).replace('-', "−")
+/// `v` signed, with the decimals that suit the map's scale, and a typographic minus.
+fn signed(v: f64, scale: f64) -> String {
+    super::matrix::fmt_signed(v, decimals_for(scale)).replace('-', "−")
 }
 
 fn centred(size: u32, bold: bool) -> TextStyle<'static> {
@@ -114,7 +116,7 @@ fn draw_cell<DB: DrawingBackend>(
         .map_err(e)?;
     let ink: &'static RGBColor = if t.abs() > 0.6 { &WHITE } else { &BLACK };
     let mark = if c.significant { "*" } else { "" };
-    let value = format!("{}{mark}", signed(c.gain));
+    let value = format!("{}{mark}", signed(c.gain, scale));
     let cx = x + CELL_W / 2;
     let value_y = if c.interval.is_some() {
         y + CELL_H / 2 - 10
@@ -128,7 +130,7 @@ fn draw_cell<DB: DrawingBackend>(
     )
     .map_err(e)?;
     if let Some((lo, hi)) = c.interval {
-        let text = format!("[{}, {}]", signed(lo), signed(hi));
+        let text = format!("[{}, {}]", signed(lo, scale), signed(hi, scale));
         root.draw_text(
             &text,
             &centred(12, false).color(ink),
@@ -177,9 +179,9 @@ fn draw_colour_bar<DB: DrawingBackend>(
     let left = TextStyle::from(("sans-serif", 12).into_font());
     let left = left.pos(Pos::new(HPos::Left, VPos::Center));
     for (label, y) in [
-        (signed(scale), top),
+        (signed(scale, scale), top),
         ("0".to_string(), top + height / 2),
-        (signed(-scale), top + height),
+        (signed(-scale, scale), top + height),
     ] {
         root.draw_text(&label, &left, (x + 24, y)).map_err(e)?;
     }

@@ -12,32 +12,35 @@ use std::fmt::Write as _;
 /// The significance mark in tables.
 pub const MARK: &str = "✱";
 
-/// `v` with a sign and 3 decimals; a value that rounds to zero reads `+0.000`.
-pub fn fmt_signed(v: f64) -> String {
+/// Decimals that show values up to `max_abs` with at least two significant digits (3 to 6).
+pub fn decimals_for(max_abs: f64) -> usize {
+    if !max_abs.is_finite() || max_abs <= 0.0 {
+        return 3;
+    }
+    ((-max_abs.log10()).ceil() as i64 + 1).clamp(3, 6) as usize
+}
+
+/// `v` with a sign and `decimals` decimals; a value that rounds to zero reads `+0.000…`.
+pub fn fmt_signed(v: f64, decimals: usize) -> String {
     if !v.is_finite() {
         return "–".into();
     }
-    let s = format!("{v:+.3}");
-    if s == "-0.000" {
-        "+0.000".into()
-    } else {
-        s
+    let s = format!("{v:+.decimals$}");
+    match s.strip_prefix('-') {
+        Some(rest) if rest.chars().all(|c| c == '0' || c == '.') => format!("+{rest}"),
+        _ => s,
     }
 }
 
 /// `+0.012 [−0.003, +0.021] ✱`
-pub fn fmt_interval(i: &Interval) -> String {
+pub fn fmt_interval(i: &Interval, decimals: usize) -> String {
     let mark = if i.significant() {
         format!(" {MARK}")
     } else {
         String::new()
     };
-    format!(
-        "{} [{}, {}]{mark}",
-        fmt_signed(i.mean),
-        fmt_signed(i.lo),
-        fmt_signed(i.hi)
-    )
+    let f = |v| fmt_signed(v, decimals);
+    format!("{} [{}, {}]{mark}", f(i.mean), f(i.lo), f(i.hi))
 }
 
 fn distinct<'a>(items: impl Iterator<Item = &'a str>) -> Vec<&'a str> {
@@ -134,6 +137,12 @@ fn render_group(s: &mut String, paired: &[PairedGain], task: &str, metric: &str)
     } else {
         "↓"
     };
+    let dp = decimals_for(
+        here.iter()
+            .map(|g| g.interval.mean.abs())
+            .filter(|v| v.is_finite())
+            .fold(0.0, f64::max),
+    );
     let size = here.first().map(|g| g.interval).map(|i| {
         let seeds = if i.seeds > 1 {
             format!(", {} seeds", i.seeds)
@@ -167,7 +176,7 @@ fn render_group(s: &mut String, paired: &[PairedGain], task: &str, metric: &str)
                 .iter()
                 .map(|&c| {
                     find(paired, (model, policy, c), task, metric, None)
-                        .map_or("–".into(), |g| fmt_interval(&g.interval))
+                        .map_or("–".into(), |g| fmt_interval(&g.interval, dp))
                 })
                 .collect();
             let _ = writeln!(s, "| {model} | {policy} | {} |", cells.join(" | "));
@@ -189,13 +198,13 @@ fn render_group(s: &mut String, paired: &[PairedGain], task: &str, metric: &str)
                 metric,
                 Some(REFERENCE_BUDGET),
             );
-            let reference = reference.map_or("–".into(), |g| fmt_interval(&g.interval));
+            let reference = reference.map_or("–".into(), |g| fmt_interval(&g.interval, dp));
             for &c in &comps {
                 let cells: Vec<String> = budgets
                     .iter()
                     .map(|&b| {
                         find(paired, (model, policy, c), task, metric, Some(b))
-                            .map_or("–".into(), |g| fmt_interval(&g.interval))
+                            .map_or("–".into(), |g| fmt_interval(&g.interval, dp))
                     })
                     .collect();
                 let _ = writeln!(
@@ -290,4 +299,20 @@ pub fn heatmaps(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_gains_keep_two_significant_digits_and_zero_has_no_minus() {
+        assert_eq!(decimals_for(0.0375), 3);
+        assert_eq!(decimals_for(0.002), 4);
+        assert_eq!(decimals_for(1e-5), 6);
+        assert_eq!(decimals_for(0.0), 3);
+        assert_eq!(fmt_signed(-0.0001, 3), "+0.000");
+        assert_eq!(fmt_signed(-0.0021, 4), "-0.0021");
+        assert_eq!(fmt_signed(f64::NAN, 3), "–");
+    }
 }
