@@ -289,6 +289,11 @@ fn fabricated_value(policy: &str, _compressed: bool, b: f64, i: usize) -> f64 {
 fn a_fabricated_directory_marks_only_the_real_effect_significant() {
     let dir = fabricate("report-fabricated", fabricated_value);
     let s = write_report(&dir).unwrap();
+    assert_eq!(
+        (s.paired_aucs, s.significant_aucs),
+        (4, 2),
+        "rand and base × 2 compressors"
+    );
     let md = std::fs::read_to_string(&s.report).unwrap();
     let section = paired_section(&md);
     assert!(section.contains("(30 examples)"), "{section}");

@@ -40,6 +40,9 @@ pub struct ReportSummary {
     pub curves: usize,
     pub cells: usize,
     pub grid_cells: usize,
+    /// Paired AUC comparisons with `none` (all metrics), and how many are significant.
+    pub paired_aucs: usize,
+    pub significant_aucs: usize,
 }
 
 /// Reads a results directory: its resolved manifest and finished rows.
@@ -383,5 +386,10 @@ pub fn write_report(dir: &Path) -> Result<ReportSummary> {
         curves: curves.len(),
         cells,
         grid_cells,
+        paired_aucs: gains.iter().filter(|g| g.budget.is_none()).count(),
+        significant_aucs: gains
+            .iter()
+            .filter(|g| g.budget.is_none() && g.interval.significant())
+            .count(),
     })
 }
