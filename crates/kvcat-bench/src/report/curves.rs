@@ -158,17 +158,27 @@ fn mean_point(points: &[Point]) -> Point {
     }
 }
 
-/// Builds every curve of a results table, in manifest order (models, policies, tasks,
-/// compressors).
-pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
-    let metrics = task_metrics(m, rows);
+/// (model, policy, task key) → the reference points (one per training seed).
+type ReferencePoints = BTreeMap<(String, String, String), Vec<Point>>;
+/// (model, policy, task key, compressor label) → budget → points (one per training seed).
+type CompressedPoints = BTreeMap<(String, String, String, String), BTreeMap<String, Vec<Point>>>;
+
+/// The points of every row on its task's report metric, grouped by curve and budget.
+struct Measured {
+    reference: ReferencePoints,
+    points: CompressedPoints,
+}
+
+fn measured_points(
+    m: &Manifest,
+    rows: &[ResultRow],
+    metrics: &BTreeMap<String, String>,
+) -> Measured {
     let comp_labels = compressor_labels(m);
-    let task_labels = task_labels(m);
-    // (model, policy, task key) → reference points (one per training seed)
-    let mut reference: BTreeMap<(String, String, String), Vec<Point>> = BTreeMap::new();
-    // (model, policy, task key, compressor label) → budget → points (one per training seed)
-    type Budgets = BTreeMap<String, Vec<Point>>;
-    let mut points: BTreeMap<(String, String, String, String), Budgets> = BTreeMap::new();
+    let mut out = Measured {
+        reference: BTreeMap::new(),
+        points: BTreeMap::new(),
+    };
     for r in rows {
         let tk = task_key(&r.task, &r.task_params);
         if metrics.get(&tk) != Some(&r.metric) {
@@ -181,23 +191,29 @@ pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
         };
         let model = model_label(r).to_string();
         if r.compressor == REFERENCE_COMPRESSOR {
-            reference
-                .entry((model, r.policy.clone(), tk))
-                .or_default()
-                .push(Point { budget: 1.0, ..p });
+            let key = (model, r.policy.clone(), tk);
+            let at_one = Point { budget: 1.0, ..p };
+            out.reference.entry(key).or_default().push(at_one);
         } else {
             let label = comp_labels
                 .get(&(r.compressor.clone(), r.compressor_params.clone()))
                 .cloned()
                 .unwrap_or_else(|| r.compressor.clone());
-            points
-                .entry((model, r.policy.clone(), tk, label))
-                .or_default()
-                .entry(r.budget.clone())
-                .or_default()
-                .push(p);
+            let key = (model, r.policy.clone(), tk, label);
+            let budgets = out.points.entry(key).or_default();
+            budgets.entry(r.budget.clone()).or_default().push(p);
         }
     }
+    out
+}
+
+/// Builds every curve of a results table, in manifest order (models, policies, tasks,
+/// compressors).
+pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
+    let metrics = task_metrics(m, rows);
+    let comp_labels = compressor_labels(m);
+    let task_labels = task_labels(m);
+    let Measured { reference, points } = measured_points(m, rows, &metrics);
     let mut policies: Vec<String> = Vec::new();
     for r in rows {
         if !policies.contains(&r.policy) {
