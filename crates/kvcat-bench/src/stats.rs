@@ -158,8 +158,8 @@ mod tests {
             .collect();
         let a = Bootstrap::default();
         let b = Bootstrap { seed: 7, ..a };
-        let i1 = paired_interval(&[xs.clone()], &a).unwrap();
-        assert_eq!(i1, paired_interval(&[xs.clone()], &a).unwrap());
+        let i1 = paired_interval(std::slice::from_ref(&xs), &a).unwrap();
+        assert_eq!(i1, paired_interval(std::slice::from_ref(&xs), &a).unwrap());
         assert_ne!(i1, paired_interval(&[xs], &b).unwrap());
     }
 

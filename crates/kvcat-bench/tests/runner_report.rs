@@ -279,7 +279,7 @@ fn fabricate(name: &str, value: impl Fn(&str, bool, f64, usize) -> f64) -> PathB
 fn fabricated_value(policy: &str, _compressed: bool, b: f64, i: usize) -> f64 {
     let none = 0.3 + 0.6 * b + 0.2 * (((i * 7) % 10) as f64 / 10.0 - 0.45);
     match policy {
-        "rand" => none + 0.1 * (1.0 - b) * if i % 2 == 0 { 1.0 } else { -1.0 },
+        "rand" => none + 0.1 * (1.0 - b) * if i.is_multiple_of(2) { 1.0 } else { -1.0 },
         "base" => none - 0.1 * (1.0 - b) + 0.01 * (i % 3) as f64,
         _ => none,
     }

@@ -377,6 +377,6 @@ fn an_old_directory_without_examples_recovers_and_resumes() {
 fn examples_listed_in_the_journal_but_missing_are_reported() {
     let (dir, _) = full_run("ex-missing");
     std::fs::remove_file(dir.join("examples.csv")).unwrap();
-    let e = recover(&dir).err().expect("missing").to_string();
+    let e = recover(&dir).expect_err("missing").to_string();
     assert!(e.contains("examples.csv") && e.contains("missing"), "{e}");
 }
