@@ -8,5 +8,6 @@ pub mod metrics;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod stats;
 pub mod tasks;
 pub mod train;

@@ -75,3 +75,16 @@ pub fn peak_rss_mb() -> f64 {
         .map(|kb| kb / 1024.0)
         .unwrap_or(0.0)
 }
+
+/// One example's score on one metric in one cell: a row of `examples.csv`, in long format.
+/// The per-cell means of `results.csv` are means of these values (except `ppl`, which is
+/// `exp` of the mean `nll`); the report pairs them across policies on the same example.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExampleScore {
+    /// The cell the example was evaluated in (as in [`ResultRow::cell_id`]).
+    pub cell_id: String,
+    /// The example's id, stable across cells of one task.
+    pub example: String,
+    pub metric: String,
+    pub value: f64,
+}

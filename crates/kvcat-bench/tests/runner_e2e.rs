@@ -162,8 +162,29 @@ fn mini_manifest_end_to_end_then_kill_and_resume() {
             );
         }
     }
+    // Per-example scores: every cell has one per example and metric, and their mean is the
+    // cell's value (except `ppl`, which is exp of the mean NLL).
+    let rec = recover(&out).unwrap();
+    for ((id, cell_rows), examples) in rec.cells.iter().zip(&rec.cell_examples) {
+        for r in cell_rows.iter().filter(|r| !r.metric.starts_with("ppl")) {
+            let xs: Vec<f64> = examples
+                .iter()
+                .filter(|e| e.metric == r.metric)
+                .map(|e| e.value)
+                .collect();
+            assert_eq!(xs.len(), 3, "cell {id} {}", r.metric);
+            let mean = xs.iter().sum::<f64>() / 3.0;
+            assert!((mean - r.value).abs() < 1e-9, "{mean} vs {r:?}");
+        }
+    }
     let report = write_report(&out).unwrap();
     assert_eq!(report.curves, 2 * 2 * 2);
+    let md = std::fs::read_to_string(&report.report).unwrap();
+    assert!(
+        md.contains("### mqar — `string_match_all` ↑ (3 examples)"),
+        "{md}"
+    );
+    assert!(out.join("plots/gain-micro-mqar.png").exists());
     assert!(out.join("plots/micro.png").exists() && out.join("plots/micro.svg").exists());
 
     // 2. The real binary, killed with SIGKILL after a few cells, then resumed.
@@ -208,10 +229,15 @@ fn mini_manifest_end_to_end_then_kill_and_resume() {
         .status()
         .unwrap();
     assert!(status.success());
-    let resumed = recover(&killed).unwrap().rows();
+    let resumed = recover(&killed).unwrap();
     assert_eq!(
-        stable(&resumed),
+        stable(&resumed.rows()),
         stable(&rows),
         "same rows, in the same order, none lost or repeated"
+    );
+    assert_eq!(
+        resumed.examples(),
+        rec.examples(),
+        "same per-example scores"
     );
 }

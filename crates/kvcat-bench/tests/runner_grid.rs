@@ -183,3 +183,49 @@ fn shard_parsing_and_slurm_variables() {
     ]))
     .is_err());
 }
+
+#[test]
+fn seeds_cross_continued_pretraining_only() {
+    let plain = grid(MINI);
+    let text = MINI.replace(
+        "budgets = [0.25, 0.5, 1.0]",
+        "budgets = [0.25, 0.5, 1.0]\nseeds = [0, 1, 2]",
+    );
+    let g = grid(&text);
+    // One pretraining job, then none and rand once per seed.
+    let labels: Vec<&str> = g.train_jobs.iter().map(|j| j.label.as_str()).collect();
+    assert_eq!(
+        labels,
+        [
+            "tiny/pretrain",
+            "tiny/none/seed0",
+            "tiny/none/seed1",
+            "tiny/none/seed2",
+            "tiny/rand/seed0",
+            "tiny/rand/seed1",
+            "tiny/rand/seed2"
+        ]
+    );
+    assert_eq!(
+        g.train_jobs[0].id, plain.train_jobs[0].id,
+        "pretraining is shared"
+    );
+    for (j, seed) in g.train_jobs[1..].iter().zip([0, 1, 2, 0, 1, 2]) {
+        assert_eq!(j.table.get("seed").and_then(|v| v.as_integer()), Some(seed));
+        assert_eq!(j.init, Init::Job(0));
+    }
+    let seeds: Vec<Option<u64>> = g.checkpoints.iter().map(|c| c.train_seed).collect();
+    assert_eq!(
+        seeds,
+        [None, Some(0), Some(1), Some(2), Some(0), Some(1), Some(2)],
+        "base first, without a seed"
+    );
+    // 7 checkpoints × (1 + 2 × 2) cells, all distinct.
+    assert_eq!(g.cells.len(), 35);
+    let ids: HashSet<&str> = g.cells.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ids.len(), 35);
+    let ckpt_ids: HashSet<&str> = g.checkpoints.iter().map(|c| c.id.as_str()).collect();
+    assert_eq!(ckpt_ids.len(), 7);
+    // Without seeds nothing changes: no checkpoint carries a seed.
+    assert!(plain.checkpoints.iter().all(|c| c.train_seed.is_none()));
+}

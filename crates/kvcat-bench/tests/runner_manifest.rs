@@ -240,3 +240,48 @@ fn bad_pretrain_table_points_at_the_model() {
         "{e}"
     );
 }
+
+fn with_seeds(seeds: &str) -> String {
+    MINI.replace(
+        "budgets = [0.25, 0.5, 1.0]",
+        &format!("budgets = [0.25, 0.5, 1.0]\nseeds = {seeds}"),
+    )
+}
+
+#[test]
+fn seeds_parse_and_round_trip_and_are_absent_by_default() {
+    let m = Manifest::parse(&with_seeds("[0, 1, 2]"), "m.toml").unwrap();
+    assert_eq!(m.seeds, [0, 1, 2]);
+    let text = m.to_toml().unwrap();
+    assert!(text.contains("seeds = [0, 1, 2]"), "{text}");
+    let mini = Manifest::parse(MINI, "m.toml").unwrap();
+    assert!(mini.seeds.is_empty());
+    assert!(
+        !mini.to_toml().unwrap().contains("seeds"),
+        "manifests without seeds keep their saved form (and run ids)"
+    );
+}
+
+#[test]
+fn bad_seeds_name_the_field_and_point_at_the_value() {
+    let text = with_seeds("[0, 1, 1]");
+    let e = err(&text);
+    assert!(e.contains("seeds[2]") && e.contains("listed twice"), "{e}");
+    let text = with_seeds("[0, -3]");
+    let e = err(&text);
+    let (l, _) = pos(&text, "seeds = ");
+    assert!(e.starts_with(&format!("m.toml:{l}:")), "{e}");
+    assert!(e.contains("seeds[1]") && e.contains("non-negative"), "{e}");
+    let e = err(&with_seeds("[]"));
+    assert!(e.contains("seeds") && e.contains("is empty"), "{e}");
+    let e =
+        err(&with_seeds("[0, 1]").replace("[train]\nsteps = 2", "[train]\nseed = 4\nsteps = 2"));
+    assert!(
+        e.contains("seeds") && e.contains("must not set `seed`"),
+        "{e}"
+    );
+    let text = with_seeds("[\"a\"]");
+    let e = err(&text);
+    let (l, _) = pos(&text, "seeds = ");
+    assert!(e.starts_with(&format!("m.toml:{l}:")), "{e}");
+}

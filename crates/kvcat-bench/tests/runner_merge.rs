@@ -8,7 +8,7 @@ mod runner_support;
 use kvcat_bench::runner::manifest::Manifest;
 use kvcat_bench::runner::merge::merge;
 use kvcat_bench::runner::{run_bench, Shard};
-use runner_support::{options, snapshot, temp_dir, FakeExecutor, MINI};
+use runner_support::{examples_snapshot, options, snapshot, temp_dir, FakeExecutor, MINI};
 
 fn run_shard(
     m: &Manifest,
@@ -51,6 +51,11 @@ fn merged_shards_equal_the_unsharded_run() {
             "n = {n}"
         );
         assert_eq!(snapshot(&out), snapshot(&whole), "n = {n}");
+        assert_eq!(
+            examples_snapshot(&out),
+            examples_snapshot(&whole),
+            "n = {n}"
+        );
         assert_eq!(
             std::fs::read_to_string(out.join("manifest.toml")).unwrap(),
             std::fs::read_to_string(whole.join("manifest.toml")).unwrap()

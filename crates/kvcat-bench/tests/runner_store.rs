@@ -7,9 +7,9 @@ use kvcat_policies as _;
 
 mod runner_support;
 use kvcat_bench::runner::manifest::Manifest;
-use kvcat_bench::runner::store::{csv_header, recover, ResultStore};
+use kvcat_bench::runner::store::{csv_header, examples_header, recover, ResultStore};
 use kvcat_bench::runner::{run_bench, Grid};
-use runner_support::{options, snapshot, temp_dir, FakeExecutor, MINI};
+use runner_support::{examples_snapshot, options, snapshot, temp_dir, FakeExecutor, MINI};
 
 fn mini() -> Manifest {
     Manifest::parse(MINI, "mini.toml").unwrap()
@@ -100,13 +100,16 @@ fn resume_after_stopping_after_k_cells_gives_identical_rows() {
 }
 
 /// Crash points: `results.csv` cut inside a cell's rows (every byte near a line boundary,
-/// and a sample of the others), with the journal before the cell's line; or all rows landed
-/// with the journal line absent, torn at every byte, or complete.
+/// and a sample of the others), with the journal before the cell's line; or all rows (and
+/// example scores) landed with the journal line absent, torn at every byte, or complete.
 #[test]
 fn kill_at_any_byte_then_rerun_loses_and_duplicates_nothing() {
     let (reference, _) = full_run("crash-ref");
     let (csv, journal) = snapshot(&reference);
+    let examples = examples_snapshot(&reference);
     let rec = recover(&reference).unwrap();
+    let ex_counts: Vec<usize> = rec.cell_examples.iter().map(Vec::len).collect();
+    let ex_ends = cell_ends(&examples, examples_header().len() + 1, &ex_counts);
     let header_len = csv_header().len() + 1;
     // Byte offsets of cell boundaries in results.csv and cells.done.
     let mut csv_ends = vec![header_len];
@@ -143,6 +146,13 @@ fn kill_at_any_byte_then_rerun_loses_and_duplicates_nothing() {
                 }
                 std::fs::write(dir.join("results.csv"), &csv[..cut]).unwrap();
                 std::fs::write(dir.join("cells.done"), &journal[..jcut]).unwrap();
+                // Example scores land after the rows and before the journal line.
+                let ex_cut = if jcut > j_ends[k] {
+                    ex_ends[k + 1]
+                } else {
+                    ex_ends[k]
+                };
+                std::fs::write(dir.join("examples.csv"), &examples[..ex_cut]).unwrap();
                 let mut o = options(&dir);
                 o.checkpoints = reference.join("checkpoints");
                 let mut exec = FakeExecutor::default();
@@ -152,6 +162,11 @@ fn kill_at_any_byte_then_rerun_loses_and_duplicates_nothing() {
                 assert_eq!(
                     snapshot(&dir),
                     (csv.clone(), journal.clone()),
+                    "cut {cut}, journal {jcut}"
+                );
+                assert_eq!(
+                    examples_snapshot(&dir),
+                    examples,
                     "cut {cut}, journal {jcut}"
                 );
                 runs += 1;
@@ -250,4 +265,118 @@ fn a_journal_without_its_rows_is_reported_as_corrupt() {
         .expect("corrupt")
         .to_string();
     assert!(e.contains("results.csv") && e.contains("cells.done"), "{e}");
+}
+
+/// Byte offsets where each finished cell's lines end in `text` (after a header of
+/// `header_len` bytes), given each cell's line count.
+fn cell_ends(text: &str, header_len: usize, counts: &[usize]) -> Vec<usize> {
+    let mut ends = vec![header_len];
+    let mut lines = text[header_len..].split_inclusive('\n');
+    for n in counts {
+        let len: usize = (0..*n).map(|_| lines.next().unwrap().len()).sum();
+        ends.push(ends.last().unwrap() + len);
+    }
+    ends
+}
+
+#[test]
+fn per_example_scores_are_journalled_with_their_cell() {
+    let (dir, _) = full_run("examples");
+    let rec = recover(&dir).unwrap();
+    assert_eq!(rec.cell_examples.len(), 15);
+    for ((id, _), ex) in rec.cells.iter().zip(&rec.cell_examples) {
+        // Two examples × two metrics, stamped with the cell id.
+        assert_eq!(ex.len(), 4);
+        assert!(ex.iter().all(|e| &e.cell_id == id));
+    }
+    let text = examples_snapshot(&dir);
+    assert_eq!(text.lines().next().unwrap(), examples_header());
+    assert_eq!(examples_header(), "cell_id,example,metric,value");
+    let (_, journal) = snapshot(&dir);
+    assert!(journal.lines().all(|l| l.ends_with(" 2 4")), "{journal}");
+}
+
+/// Crash points inside `examples.csv`: a cell's rows landed in `results.csv`, its example
+/// scores are cut at every byte near a line boundary (and a sample of the others), and its
+/// journal line is absent or torn; or everything landed but the journal line. A re-run gives
+/// byte-identical files.
+#[test]
+fn a_torn_examples_tail_is_dropped_and_rerun_restores_it() {
+    let (reference, _) = full_run("ex-crash-ref");
+    let (csv, journal) = snapshot(&reference);
+    let examples = examples_snapshot(&reference);
+    let rec = recover(&reference).unwrap();
+    let row_counts: Vec<usize> = rec.cells.iter().map(|(_, r)| r.len()).collect();
+    let ex_counts: Vec<usize> = rec.cell_examples.iter().map(Vec::len).collect();
+    let csv_ends = cell_ends(&csv, csv_header().len() + 1, &row_counts);
+    let ex_ends = cell_ends(&examples, examples_header().len() + 1, &ex_counts);
+    let j_ends = cell_ends(&journal, 0, &vec![1; rec.cells.len()]);
+    let dir = temp_dir("ex-crash");
+    let mut runs = 0;
+    for k in [0, 7, 14] {
+        let cell = &examples[ex_ends[k]..ex_ends[k + 1]];
+        let near_newline = |i: usize| {
+            cell.match_indices('\n')
+                .any(|(p, _)| (p as i64 - i as i64).abs() <= 1)
+        };
+        let cuts = (0..=cell.len())
+            .filter(|&i| i == 0 || i == cell.len() || i % 17 == 0 || near_newline(i));
+        for cut in cuts.map(|i| ex_ends[k] + i) {
+            let mut states = vec![j_ends[k]];
+            if cut == ex_ends[k + 1] {
+                states.extend(j_ends[k] + 1..j_ends[k + 1]);
+            } else {
+                states.push(j_ends[k] + 3);
+            }
+            for jcut in states {
+                let _ = std::fs::remove_dir_all(&dir);
+                std::fs::create_dir_all(&dir).unwrap();
+                std::fs::copy(reference.join("manifest.toml"), dir.join("manifest.toml")).unwrap();
+                std::fs::write(dir.join("results.csv"), &csv[..csv_ends[k + 1]]).unwrap();
+                std::fs::write(dir.join("examples.csv"), &examples[..cut]).unwrap();
+                std::fs::write(dir.join("cells.done"), &journal[..jcut]).unwrap();
+                let mut o = options(&dir);
+                o.checkpoints = reference.join("checkpoints");
+                let s = run_bench(&mini(), &o, &mut FakeExecutor::default()).unwrap();
+                assert_eq!(s.skipped, k, "cut {cut}, journal {jcut}");
+                assert_eq!(snapshot(&dir), (csv.clone(), journal.clone()), "cut {cut}");
+                assert_eq!(
+                    examples_snapshot(&dir),
+                    examples,
+                    "cut {cut}, journal {jcut}"
+                );
+                runs += 1;
+            }
+        }
+    }
+    assert!(runs > 30, "{runs} crash points");
+}
+
+/// A results directory from before `examples.csv` (two-field journal lines, no file)
+/// recovers, resumes without re-running anything, and gains an empty `examples.csv`.
+#[test]
+fn an_old_directory_without_examples_recovers_and_resumes() {
+    let (dir, _) = full_run("old-format");
+    let (csv, journal) = snapshot(&dir);
+    let old_journal: String = journal
+        .lines()
+        .map(|l| format!("{}\n", l.rsplit_once(' ').unwrap().0))
+        .collect();
+    std::fs::write(dir.join("cells.done"), &old_journal).unwrap();
+    std::fs::remove_file(dir.join("examples.csv")).unwrap();
+    let rec = recover(&dir).unwrap();
+    assert_eq!(rec.cells.len(), 15);
+    assert!(rec.examples().is_empty());
+    let s = run_bench(&mini(), &options(&dir), &mut FakeExecutor::default()).unwrap();
+    assert_eq!((s.ran, s.skipped), (0, 15));
+    assert_eq!(snapshot(&dir), (csv, old_journal));
+    assert_eq!(examples_snapshot(&dir), format!("{}\n", examples_header()));
+}
+
+#[test]
+fn examples_listed_in_the_journal_but_missing_are_reported() {
+    let (dir, _) = full_run("ex-missing");
+    std::fs::remove_file(dir.join("examples.csv")).unwrap();
+    let e = recover(&dir).expect_err("missing").to_string();
+    assert!(e.contains("examples.csv") && e.contains("missing"), "{e}");
 }

@@ -20,6 +20,14 @@ pub fn run(args: ReportArgs) -> anyhow::Result<()> {
         s.curves,
         s.report.display()
     );
+    if s.paired_aucs > 0 {
+        eprintln!(
+            "paired AUC gains over none: {} of {} significant (95% bootstrap interval excludes 0)",
+            s.significant_aucs, s.paired_aucs
+        );
+    } else {
+        eprintln!("no paired statistics (no per-example scores in examples.csv)");
+    }
     for f in &s.figures {
         eprintln!("  figure {}", f.display());
     }

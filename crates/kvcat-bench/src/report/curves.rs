@@ -5,6 +5,10 @@
 //! the asked fraction (slot budgets use the achieved fraction). The area is the trapezoid
 //! integral divided by the x range: the mean quality over the swept budgets, in the metric's
 //! own units, so curves of one task compare directly.
+//!
+//! When a manifest lists training `seeds`, one (model, policy) has one checkpoint per seed;
+//! a curve point is then the mean over seeds of the per-seed cell means, with standard error
+//! `sqrt(Σ seᵢ²) / k` (the example noise of a mean of k independent cell means).
 
 use crate::results::ResultRow;
 use crate::runner::manifest::{Manifest, BASELINE_POLICY, REFERENCE_COMPRESSOR};
@@ -77,7 +81,7 @@ pub fn model_label(row: &ResultRow) -> &str {
 }
 
 /// The x coordinate of a row's budget.
-fn budget_x(row: &ResultRow) -> f64 {
+pub fn budget_x(row: &ResultRow) -> f64 {
     match row.budget.parse::<Budget>() {
         Ok(Budget::Fraction(f)) => f,
         _ => row.budget_achieved,
@@ -139,16 +143,42 @@ pub fn task_labels(m: &Manifest) -> BTreeMap<String, String> {
     out
 }
 
-/// Builds every curve of a results table, in manifest order (models, policies, tasks,
-/// compressors).
-pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
-    let metrics = task_metrics(m, rows);
+/// The mean of points measured at one budget (one per training seed).
+fn mean_point(points: &[Point]) -> Point {
+    let k = points.len() as f64;
+    Point {
+        budget: points.iter().map(|p| p.budget).sum::<f64>() / k,
+        value: points.iter().map(|p| p.value).sum::<f64>() / k,
+        stderr: points
+            .iter()
+            .map(|p| p.stderr * p.stderr)
+            .sum::<f64>()
+            .sqrt()
+            / k,
+    }
+}
+
+/// (model, policy, task key) → the reference points (one per training seed).
+type ReferencePoints = BTreeMap<(String, String, String), Vec<Point>>;
+/// (model, policy, task key, compressor label) → budget → points (one per training seed).
+type CompressedPoints = BTreeMap<(String, String, String, String), BTreeMap<String, Vec<Point>>>;
+
+/// The points of every row on its task's report metric, grouped by curve and budget.
+struct Measured {
+    reference: ReferencePoints,
+    points: CompressedPoints,
+}
+
+fn measured_points(
+    m: &Manifest,
+    rows: &[ResultRow],
+    metrics: &BTreeMap<String, String>,
+) -> Measured {
     let comp_labels = compressor_labels(m);
-    let task_labels = task_labels(m);
-    // (model, policy, task key) → reference point
-    let mut reference: BTreeMap<(String, String, String), Point> = BTreeMap::new();
-    // (model, policy, task key, compressor label) → points
-    let mut points: BTreeMap<(String, String, String, String), Vec<Point>> = BTreeMap::new();
+    let mut out = Measured {
+        reference: BTreeMap::new(),
+        points: BTreeMap::new(),
+    };
     for r in rows {
         let tk = task_key(&r.task, &r.task_params);
         if metrics.get(&tk) != Some(&r.metric) {
@@ -161,18 +191,29 @@ pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
         };
         let model = model_label(r).to_string();
         if r.compressor == REFERENCE_COMPRESSOR {
-            reference.insert((model, r.policy.clone(), tk), Point { budget: 1.0, ..p });
+            let key = (model, r.policy.clone(), tk);
+            let at_one = Point { budget: 1.0, ..p };
+            out.reference.entry(key).or_default().push(at_one);
         } else {
             let label = comp_labels
                 .get(&(r.compressor.clone(), r.compressor_params.clone()))
                 .cloned()
                 .unwrap_or_else(|| r.compressor.clone());
-            points
-                .entry((model, r.policy.clone(), tk, label))
-                .or_default()
-                .push(p);
+            let key = (model, r.policy.clone(), tk, label);
+            let budgets = out.points.entry(key).or_default();
+            budgets.entry(r.budget.clone()).or_default().push(p);
         }
     }
+    out
+}
+
+/// Builds every curve of a results table, in manifest order (models, policies, tasks,
+/// compressors).
+pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
+    let metrics = task_metrics(m, rows);
+    let comp_labels = compressor_labels(m);
+    let task_labels = task_labels(m);
+    let Measured { reference, points } = measured_points(m, rows, &metrics);
     let mut policies: Vec<String> = Vec::new();
     for r in rows {
         if !policies.contains(&r.policy) {
@@ -195,12 +236,15 @@ pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
                         tk.clone(),
                         label.clone(),
                     );
-                    let mut pts = points.get(&key).cloned().unwrap_or_default();
+                    let mut pts: Vec<Point> = points
+                        .get(&key)
+                        .map(|b| b.values().map(|p| mean_point(p)).collect())
+                        .unwrap_or_default();
                     if let Some(r) =
                         reference.get(&(model.name.clone(), policy.clone(), tk.clone()))
                     {
                         if !pts.iter().any(|p| p.budget >= 1.0) {
-                            pts.push(*r);
+                            pts.push(mean_point(r));
                         }
                     }
                     if pts.is_empty() {

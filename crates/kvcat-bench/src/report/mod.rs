@@ -1,19 +1,28 @@
 //! `kvcat report DIR`: `report.md` (area under the quality–budget curve per policy,
-//! compressor and task; the KV-CAT-minus-`none` gain; the uncompressed references) and
-//! quality-vs-budget figures (`plots/<model>.svg` and `.png`).
+//! compressor and task; the KV-CAT-minus-`none` gain; paired gains with bootstrap intervals
+//! and significance marks; the uncompressed references), quality-vs-budget figures
+//! (`plots/<model>.svg` and `.png`) and gain heatmaps (`plots/gain-<model>-<task>.svg` and
+//! `.png`).
 //!
 //! - [`curves`]: curves, normalised AUC, gains;
-//! - [`plot`]: the figures.
+//! - [`paired`]: per-example paired comparisons with `none` ([`crate::stats`] intervals);
+//! - [`matrix`]: the paired sections of `report.md` and the heatmaps' contents;
+//! - [`plot`], [`heatmap`]: the figures.
 
 pub mod curves;
+pub mod heatmap;
+pub mod matrix;
+pub mod paired;
 pub mod plot;
 
-use crate::results::ResultRow;
+use crate::results::{ExampleScore, ResultRow};
 use crate::runner::grid::Grid;
 use crate::runner::manifest::{Manifest, BASELINE_POLICY, REFERENCE_COMPRESSOR};
 use crate::runner::store::{recover, MANIFEST_FILE};
+use crate::stats::Bootstrap;
 use curves::{build_curves, gains, higher_is_better, model_label, Curve};
 use kvcat_core::{Error, Result};
+use paired::{paired_gains, PairedGain};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,10 +40,22 @@ pub struct ReportSummary {
     pub curves: usize,
     pub cells: usize,
     pub grid_cells: usize,
+    /// Paired AUC comparisons with `none` (all metrics), and how many are significant.
+    pub paired_aucs: usize,
+    pub significant_aucs: usize,
 }
 
 /// Reads a results directory: its resolved manifest and finished rows.
 pub fn load(dir: &Path) -> Result<(Manifest, Vec<ResultRow>, usize)> {
+    let (m, rows, _, cells) = load_with_examples(dir)?;
+    Ok((m, rows, cells))
+}
+
+/// Reads a results directory: its resolved manifest, finished rows, their per-example scores
+/// (empty for directories written before `examples.csv`) and the number of finished cells.
+pub fn load_with_examples(
+    dir: &Path,
+) -> Result<(Manifest, Vec<ResultRow>, Vec<ExampleScore>, usize)> {
     let mpath = dir.join(MANIFEST_FILE);
     if !mpath.exists() {
         return Err(Error::invalid(format!(
@@ -44,7 +65,7 @@ pub fn load(dir: &Path) -> Result<(Manifest, Vec<ResultRow>, usize)> {
     }
     let m = Manifest::read_resolved(&mpath)?;
     let rec = recover(dir)?;
-    Ok((m, rec.rows(), rec.cells.len()))
+    Ok((m, rec.rows(), rec.examples(), rec.cells.len()))
 }
 
 fn fmt_v(v: f64) -> String {
@@ -65,11 +86,20 @@ fn fmt_gain(v: f64) -> String {
     }
 }
 
-/// Renders `report.md` from curves.
+/// The paired statistics that go into a report.
+pub struct PairedSection<'a> {
+    pub gains: &'a [PairedGain],
+    /// Whether the directory has per-example scores at all.
+    pub has_examples: bool,
+    pub bootstrap: Bootstrap,
+}
+
+/// Renders `report.md` from curves and paired statistics.
 pub fn render(
     m: &Manifest,
     rows: &[ResultRow],
     curves: &[Curve],
+    paired: &PairedSection,
     cells: usize,
     grid_cells: usize,
     figures: &[PathBuf],
@@ -208,6 +238,14 @@ pub fn render(
         let _ = writeln!(s);
     }
 
+    s.push_str(&matrix::render_paired(
+        m,
+        paired.gains,
+        paired.has_examples,
+        &paired.bootstrap,
+    ));
+    render_heatmaps(&mut s, figures);
+
     let _ = writeln!(s, "## Uncompressed reference (budget 1.0)\n");
     let _ = writeln!(s, "| model | policy | task | metric | value | stderr | n |");
     let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|");
@@ -226,9 +264,10 @@ pub fn render(
     }
     let _ = writeln!(s);
 
-    if !figures.is_empty() {
+    let curve_figures: Vec<&PathBuf> = figures.iter().filter(|f| !is_heatmap(f)).collect();
+    if !curve_figures.is_empty() {
         let _ = writeln!(s, "## Quality vs budget\n");
-        for f in figures
+        for f in curve_figures
             .iter()
             .filter(|f| f.extension().is_some_and(|e| e == "png"))
         {
@@ -242,9 +281,69 @@ pub fn render(
     s
 }
 
+/// The file-name prefix of heatmap figures.
+pub const HEATMAP_PREFIX: &str = "gain-";
+
+fn is_heatmap(f: &Path) -> bool {
+    f.file_name()
+        .is_some_and(|n| n.to_string_lossy().starts_with(HEATMAP_PREFIX))
+}
+
+/// The `## KV-CAT matrix` section: links to the heatmap PNGs.
+fn render_heatmaps(s: &mut String, figures: &[PathBuf]) {
+    let pngs: Vec<String> = figures
+        .iter()
+        .filter(|f| is_heatmap(f) && f.extension().is_some_and(|e| e == "png"))
+        .filter_map(|f| f.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .collect();
+    if pngs.is_empty() {
+        return;
+    }
+    let _ = writeln!(s, "## KV-CAT matrix\n");
+    let _ = writeln!(s, "AUC gain over `{BASELINE_POLICY}` on each task's report metric (positive is better; blue better, red worse); `*` and a heavy border mark a 95% interval that excludes 0.\n");
+    for name in pngs {
+        let _ = writeln!(s, "![{name}]({PLOTS_DIR}/{name})\n");
+    }
+}
+
+/// A file-name-safe form of a label (letters, digits, `-` and `_`; others become `_`).
+fn file_safe(label: &str) -> String {
+    label
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// Writes one heatmap per (model, task); returns the files.
+fn write_heatmaps(
+    plots: &Path,
+    m: &Manifest,
+    curves: &[Curve],
+    paired: &[PairedGain],
+) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    for (model, task, map) in matrix::heatmaps(m, curves, paired) {
+        let stem = plots.join(format!(
+            "{HEATMAP_PREFIX}{}-{}",
+            file_safe(&model),
+            file_safe(&task)
+        ));
+        heatmap::write_heatmap(&stem, &map)?;
+        files.push(stem.with_extension("svg"));
+        files.push(stem.with_extension("png"));
+    }
+    Ok(files)
+}
+
 /// Writes `report.md` and the figures for a results directory.
 pub fn write_report(dir: &Path) -> Result<ReportSummary> {
-    let (m, rows, cells) = load(dir)?;
+    let (m, rows, examples, cells) = load_with_examples(dir)?;
     if rows.is_empty() {
         return Err(Error::invalid(format!(
             "{}: no finished cells yet",
@@ -270,7 +369,15 @@ pub fn write_report(dir: &Path) -> Result<ReportSummary> {
         figures.push(stem.with_extension("svg"));
         figures.push(stem.with_extension("png"));
     }
-    let text = render(&m, &rows, &curves, cells, grid_cells, &figures);
+    let bootstrap = Bootstrap::default();
+    let gains = paired_gains(&m, &rows, &examples, &bootstrap);
+    figures.extend(write_heatmaps(&plots, &m, &curves, &gains)?);
+    let paired = PairedSection {
+        gains: &gains,
+        has_examples: !examples.is_empty(),
+        bootstrap,
+    };
+    let text = render(&m, &rows, &curves, &paired, cells, grid_cells, &figures);
     let report = dir.join(REPORT_FILE);
     crate::runner::store::write_atomic(&report, text.as_bytes())?;
     Ok(ReportSummary {
@@ -279,5 +386,10 @@ pub fn write_report(dir: &Path) -> Result<ReportSummary> {
         curves: curves.len(),
         cells,
         grid_cells,
+        paired_aucs: gains.iter().filter(|g| g.budget.is_none()).count(),
+        significant_aucs: gains
+            .iter()
+            .filter(|g| g.budget.is_none() && g.interval.significant())
+            .count(),
     })
 }

@@ -4,7 +4,8 @@
 //! Every `[[model]]` gives a *base* weight source: a file (`path`) or a from-scratch
 //! pretraining job (`pretrain`). Every `[[policy]]` then gives one continued-pretraining job
 //! per model, initialised from that base, with the shared `[train]` table deep-merged with the
-//! policy's own `train` overrides. A job's id is a content hash of its resolved training
+//! policy's own `train` overrides; with the manifest's `seeds`, one job per policy per seed,
+//! each with its table's `seed` set. A job's id is a content hash of its resolved training
 //! table, its policy and its parent's id, so trained checkpoints are cached across runs.
 
 use super::grid::hash_of;
@@ -58,6 +59,9 @@ pub struct Checkpoint {
     /// The policy name, or `base` for the model as given.
     pub policy: String,
     pub policy_params: toml::Table,
+    /// The training seed of the continuation when the manifest lists `seeds` (`None`
+    /// otherwise, and for `base`).
+    pub train_seed: Option<u64>,
     pub weights: Weights,
 }
 
@@ -75,6 +79,40 @@ pub fn deep_merge(base: &toml::Table, over: &toml::Table) -> toml::Table {
         }
     }
     out
+}
+
+/// The continued-pretraining job of `policy` on model `model` (base weights `base`, cache id
+/// `base_id`), with its table's `seed` set to `seed` when the manifest lists seeds.
+fn continuation(
+    m: &Manifest,
+    model: &str,
+    policy: &PolicySpec,
+    seed: Option<u64>,
+    base: &Weights,
+    base_id: &str,
+) -> Result<TrainJob> {
+    let mut table = deep_merge(&m.train, &policy.train);
+    let mut label = format!("{model}/{}", policy.name);
+    if let Some(s) = seed {
+        table.insert("seed".into(), toml::Value::Integer(s as i64));
+        label = format!("{label}/seed{s}");
+    }
+    let source = match base {
+        Weights::Path(p) => Source::Path(Path::new(p)),
+        Weights::Job(_) => Source::Pending,
+    };
+    let cfg = build_config(m, &label, &table, Some(policy), source)?;
+    let init = match base {
+        Weights::Path(p) => Init::Path(p.clone()),
+        Weights::Job(j) => Init::Job(*j),
+    };
+    Ok(TrainJob {
+        id: job_id(base_id, &cfg),
+        label,
+        init,
+        table,
+        policy: Some(policy.clone()),
+    })
 }
 
 /// Plans the training jobs and the evaluated checkpoints of a manifest, checking every
@@ -111,37 +149,28 @@ pub fn plan_checkpoints(m: &Manifest) -> Result<(Vec<TrainJob>, Vec<Checkpoint>)
                 model: model.name.clone(),
                 policy: BASE_POLICY.into(),
                 policy_params: toml::Table::new(),
+                train_seed: None,
                 weights: base_weights.clone(),
             });
         }
+        let seeds: Vec<Option<u64>> = if m.seeds.is_empty() {
+            vec![None]
+        } else {
+            m.seeds.iter().copied().map(Some).collect()
+        };
         for policy in &m.policy {
-            let table = deep_merge(&m.train, &policy.train);
-            let label = format!("{}/{}", model.name, policy.name);
-            let source = match &base_weights {
-                Weights::Path(p) => Source::Path(Path::new(p)),
-                Weights::Job(_) => Source::Pending,
-            };
-            let cfg = build_config(m, &label, &table, Some(policy), source)?;
-            let id = job_id(&base_id, &cfg);
-            let init = match &base_weights {
-                Weights::Path(p) => Init::Path(p.clone()),
-                Weights::Job(j) => Init::Job(*j),
-            };
-            let job = TrainJob {
-                id: id.clone(),
-                label,
-                init,
-                table,
-                policy: Some(policy.clone()),
-            };
-            jobs.push(job);
-            checkpoints.push(Checkpoint {
-                id,
-                model: model.name.clone(),
-                policy: policy.name.clone(),
-                policy_params: policy.params.clone(),
-                weights: Weights::Job(jobs.len() - 1),
-            });
+            for seed in &seeds {
+                let job = continuation(m, &model.name, policy, *seed, &base_weights, &base_id)?;
+                checkpoints.push(Checkpoint {
+                    id: job.id.clone(),
+                    model: model.name.clone(),
+                    policy: policy.name.clone(),
+                    policy_params: policy.params.clone(),
+                    train_seed: *seed,
+                    weights: Weights::Job(jobs.len()),
+                });
+                jobs.push(job);
+            }
         }
     }
     Ok((jobs, checkpoints))

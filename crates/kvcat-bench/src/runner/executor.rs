@@ -6,7 +6,7 @@
 use super::checkpoints::{Checkpoint, TrainJob};
 use super::grid::Cell;
 use super::manifest::{Manifest, PluginSpec, TaskSpec, REFERENCE_COMPRESSOR};
-use crate::results::ResultRow;
+use crate::results::{ExampleScore, ResultRow};
 use indicatif::ProgressBar;
 use kvcat_core::registry::params_string;
 use kvcat_core::Result;
@@ -59,6 +59,24 @@ impl CellContext<'_> {
     }
 }
 
+/// What evaluating one cell produced: one row per metric, and every example's scores (the
+/// report pairs them across policies). The runner stamps the cell id on both.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct CellOutput {
+    pub rows: Vec<ResultRow>,
+    /// Per-example scores (may be empty: the report then has no paired statistics).
+    pub examples: Vec<ExampleScore>,
+}
+
+impl From<Vec<ResultRow>> for CellOutput {
+    fn from(rows: Vec<ResultRow>) -> CellOutput {
+        CellOutput {
+            rows,
+            examples: Vec::new(),
+        }
+    }
+}
+
 /// Trains checkpoints and evaluates cells for the runner.
 pub trait CellExecutor {
     /// Trains `job` into the empty directory `out_dir`, starting from `init` (an HF directory
@@ -74,13 +92,13 @@ pub trait CellExecutor {
 
     /// Evaluates one cell, returning one row per metric. The runner stamps the identity
     /// columns; the executor fills the measured ones (metric, value, stderr, achieved budget,
-    /// bytes, n, seconds, memory, device, dtype).
-    fn evaluate(&mut self, ctx: &CellContext) -> Result<Vec<ResultRow>>;
+    /// bytes, n, seconds, memory, device, dtype), and the per-example scores.
+    fn evaluate(&mut self, ctx: &CellContext) -> Result<CellOutput>;
 
     /// Evaluates consecutive cells that share checkpoint, task and compressor and differ
     /// only in budget, so an executor can prefill each example once for all budgets.
     /// Returns one outcome per cell, in order. The default evaluates them one by one.
-    fn evaluate_group(&mut self, ctxs: &[CellContext]) -> Vec<Result<Vec<ResultRow>>> {
+    fn evaluate_group(&mut self, ctxs: &[CellContext]) -> Vec<Result<CellOutput>> {
         ctxs.iter().map(|c| self.evaluate(c)).collect()
     }
 }

@@ -10,6 +10,7 @@
 //! device = "cpu"          # auto, cpu, cuda, cuda:N
 //! dtype = "f32"           # auto, f32, bf16, f16
 //! budgets = [0.1, 0.25, 0.5, "64slots"]
+//! seeds = [0, 1, 2]       # optional: train every policy once per seed (see below)
 //!
 //! [[model]]
 //! name = "tiny"
@@ -34,6 +35,13 @@
 //! n = 20
 //! params = { … }
 //! ```
+//!
+//! `seeds` crosses continued pretraining with training seeds: every `[[policy]]` of every
+//! model is trained once per seed (its training table's `seed` set to it), from the same base
+//! model, so a policy and `none` trained with the same seed see the same data stream. The
+//! report pairs them seed by seed and bootstraps over seeds, then examples. Without `seeds`
+//! each policy is trained once with the manifest's `seed`. Training tables must then not set
+//! `seed` themselves.
 //!
 //! [`Manifest::parse`] checks every name, parameter table and budget before anything runs;
 //! errors carry `file:line:column` and, for names, every known name. The result is the
@@ -68,6 +76,10 @@ pub struct Manifest {
     pub dtype: String,
     /// Budgets to sweep, deduplicated, in manifest order (budget 1.0 is the reference).
     pub budgets: Vec<Budget>,
+    /// Training seeds crossed with continued pretraining (empty: one run per policy with
+    /// `seed`), distinct, in manifest order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub seeds: Vec<u64>,
     /// The shared continued-pretraining table (a partial `TrainConfig`).
     #[serde(default)]
     pub train: toml::Table,
@@ -145,6 +157,7 @@ struct RawManifest {
     device: Option<Spanned<String>>,
     dtype: Option<Spanned<String>>,
     budgets: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    seeds: Option<Spanned<Vec<Spanned<i64>>>>,
     train: Option<Spanned<toml::Table>>,
     #[serde(default)]
     model: Vec<RawModel>,
@@ -232,6 +245,49 @@ impl Locator<'_> {
 
 fn is_full(b: &Budget) -> bool {
     matches!(b, Budget::Fraction(f) if *f >= 1.0)
+}
+
+/// Validates `seeds`: distinct non-negative integers, at least one, only with policies to
+/// train, and no training table that sets `seed` itself.
+fn parse_seeds(raw: &RawManifest, loc: &Locator) -> Result<Vec<u64>> {
+    let Some(list) = &raw.seeds else {
+        return Ok(Vec::new());
+    };
+    let mut seeds: Vec<u64> = Vec::new();
+    for (i, v) in list.get_ref().iter().enumerate() {
+        let field = format!("seeds[{i}]");
+        let s = u64::try_from(*v.get_ref()).map_err(|_| {
+            loc.at(
+                Some(v.span()),
+                &field,
+                format!("must be a non-negative integer, got {}", v.get_ref()),
+            )
+        })?;
+        if seeds.contains(&s) {
+            return Err(loc.at(Some(v.span()), field, format!("seed {s} is listed twice")));
+        }
+        seeds.push(s);
+    }
+    let err = |reason: &str| Err(loc.at(Some(list.span()), "seeds", reason));
+    if seeds.is_empty() {
+        return err("is empty; give training seeds, e.g. `seeds = [0, 1, 2]`, or drop the field");
+    }
+    if raw.policy.is_empty() {
+        return err("crosses continued pretraining, but there is no [[policy]] to train");
+    }
+    let train_sets_seed = raw
+        .train
+        .as_ref()
+        .is_some_and(|t| t.get_ref().contains_key("seed"));
+    let policy_sets_seed = raw.policy.iter().any(|p| {
+        p.train
+            .as_ref()
+            .is_some_and(|t| t.get_ref().contains_key("seed"))
+    });
+    if train_sets_seed || policy_sets_seed {
+        return err("sets each policy's training seed, so [train] and [[policy]] train tables must not set `seed`");
+    }
+    Ok(seeds)
 }
 
 impl Manifest {
@@ -509,6 +565,7 @@ impl Manifest {
             tasks.push(spec);
         }
 
+        let seeds = parse_seeds(&raw, &loc)?;
         let manifest = Manifest {
             name: raw.name.unwrap_or_else(|| {
                 Path::new(file)
@@ -520,6 +577,7 @@ impl Manifest {
             device,
             dtype,
             budgets,
+            seeds,
             train: raw
                 .train
                 .as_ref()

@@ -1,10 +1,11 @@
 //! `kvcat merge`: joins the results directories of shards (or of interrupted and resumed
 //! runs) of one manifest into one directory, in grid order, refusing mismatched manifests.
+//! Each cell's rows and per-example scores travel together.
 
 use super::grid::Grid;
 use super::manifest::Manifest;
 use super::store::{recover, ResultStore, MANIFEST_FILE};
-use crate::results::ResultRow;
+use crate::results::{ExampleScore, ResultRow};
 use kvcat_core::{Error, Result};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -68,14 +69,15 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
     let (first, text) = text.expect("inputs is not empty");
     let manifest = Manifest::read_resolved(&first.join(MANIFEST_FILE))?;
     let grid = Grid::expand(&manifest)?;
-    let mut found: HashMap<String, Vec<ResultRow>> = HashMap::new();
+    let mut found: HashMap<String, (Vec<ResultRow>, Vec<ExampleScore>)> = HashMap::new();
     let mut summary = MergeSummary {
         inputs: inputs.len(),
         grid_cells: grid.cells.len(),
         ..Default::default()
     };
     for dir in inputs {
-        for (id, rows) in recover(dir)?.cells {
+        let rec = recover(dir)?;
+        for ((id, rows), examples) in rec.cells.into_iter().zip(rec.cell_examples) {
             if grid.position(&id).is_none() {
                 return Err(Error::Format {
                     file: dir.display().to_string(),
@@ -85,16 +87,16 @@ pub fn merge(inputs: &[PathBuf], out: &Path) -> Result<MergeSummary> {
             match found.entry(id) {
                 std::collections::hash_map::Entry::Occupied(_) => summary.duplicates += 1,
                 std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(rows);
+                    v.insert((rows, examples));
                 }
             }
         }
     }
     let mut store = ResultStore::open_text(out, &text)?;
     for cell in &grid.cells {
-        if let Some(rows) = found.get(&cell.id) {
+        if let Some((rows, examples)) = found.get(&cell.id) {
             if !store.is_done(&cell.id) {
-                store.append_cell(&cell.id, rows)?;
+                store.append_cell(&cell.id, rows, examples)?;
                 summary.written += 1;
             }
         }

@@ -22,13 +22,12 @@ pub mod shard;
 pub mod store;
 pub mod training;
 
-pub use executor::{CellContext, CellExecutor};
+pub use executor::{CellContext, CellExecutor, CellOutput};
 pub use grid::{Cell, Grid};
 pub use manifest::Manifest;
 pub use shard::Shard;
 pub use store::ResultStore;
 
-use crate::results::ResultRow;
 use checkpoints::{Init, Weights};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvcat_core::{Error, Result};
@@ -272,8 +271,12 @@ pub fn cell_label(m: &Manifest, grid: &Grid, cell: &Cell) -> String {
         .compressor
         .map(|k| m.compressor[k].name.as_str())
         .unwrap_or(manifest::REFERENCE_COMPRESSOR);
+    let seed = ck
+        .train_seed
+        .map(|s| format!("/seed{s}"))
+        .unwrap_or_default();
     format!(
-        "{}/{} {} {}@{}",
+        "{}/{}{seed} {} {}@{}",
         ck.model, ck.policy, m.task[cell.task].name, comp, cell.budget
     )
 }
@@ -360,7 +363,7 @@ pub fn run_bench(
             } else {
                 label
             });
-            let outcomes: Vec<Result<Vec<ResultRow>>> =
+            let outcomes: Vec<Result<CellOutput>> =
                 match ckpts.weights(first.checkpoint, exec, &bars, opts.progress) {
                     Err(e) => group
                         .iter()
@@ -385,24 +388,27 @@ pub fn run_bench(
                         outs.into_iter()
                             .zip(&ctxs)
                             .map(|(o, ctx)| {
-                                let mut rows = o?;
-                                if rows.is_empty() {
+                                let mut out = o?;
+                                if out.rows.is_empty() {
                                     return Err(Error::invalid("the evaluation produced no rows"));
                                 }
-                                for r in &mut rows {
+                                for r in &mut out.rows {
                                     ctx.stamp(r);
                                 }
-                                Ok(rows)
+                                for e in &mut out.examples {
+                                    e.cell_id = ctx.cell.id.clone();
+                                }
+                                Ok(out)
                             })
                             .collect()
                     }
                 };
             for (cell, outcome) in group.iter().zip(outcomes) {
                 match outcome {
-                    Ok(rows) => {
-                        store.append_cell(&cell.id, &rows)?;
+                    Ok(out) => {
+                        store.append_cell(&cell.id, &out.rows, &out.examples)?;
                         summary.ran += 1;
-                        summary.rows += rows.len();
+                        summary.rows += out.rows.len();
                     }
                     Err(e) => {
                         let label = cell_label(m, &grid, cell);

@@ -6,13 +6,13 @@
 //! compressor is evaluated with [`evaluate_budgets`], which prefills each example once.
 
 use super::checkpoints::TrainJob;
-use super::executor::{CellContext, CellExecutor};
+use super::executor::{CellContext, CellExecutor, CellOutput};
 use super::manifest::Manifest;
 use super::training::train_config;
 use crate::evaluate::{
-    check_task_fits, evaluate_budgets, prepare, CellInfo, EvalOptions, Prepared,
+    check_task_fits, evaluate_budgets, prepare, CellInfo, EvalOptions, EvalResult, Prepared,
 };
-use crate::results::ResultRow;
+use crate::results::ExampleScore;
 use crate::train::{train, StepLog, TrainRunOptions};
 use indicatif::ProgressBar;
 use kvcat_core::compressor::build_compressor;
@@ -76,7 +76,7 @@ impl RealExecutor {
         Ok(&self.loaded.as_ref().expect("just loaded").1)
     }
 
-    fn eval_group(&mut self, ctxs: &[CellContext]) -> Result<Vec<Vec<ResultRow>>> {
+    fn eval_group(&mut self, ctxs: &[CellContext]) -> Result<Vec<CellOutput>> {
         let first = &ctxs[0];
         let spec = first.task().clone();
         let opts = EvalOptions {
@@ -114,8 +114,31 @@ impl RealExecutor {
             dtype: dtype_name(self.kind).to_string(),
             ..Default::default()
         };
-        Ok(results.iter().map(|r| r.rows(&info)).collect())
+        Ok(results
+            .iter()
+            .map(|r| CellOutput {
+                rows: r.rows(&info),
+                examples: example_scores(r),
+            })
+            .collect())
     }
+}
+
+/// Every example's `(metric, value)` scores of one evaluation, in long format (the runner
+/// stamps the cell id).
+fn example_scores(result: &EvalResult) -> Vec<ExampleScore> {
+    result
+        .predictions
+        .iter()
+        .flat_map(|p| {
+            p.scores.iter().map(|(metric, value)| ExampleScore {
+                cell_id: String::new(),
+                example: p.id.clone(),
+                metric: metric.clone(),
+                value: *value,
+            })
+        })
+        .collect()
 }
 
 /// Follows the trainer's `metrics.jsonl` to drive a progress bar (the trainer's own bar is
@@ -195,12 +218,12 @@ impl CellExecutor for RealExecutor {
         Ok(())
     }
 
-    fn evaluate(&mut self, ctx: &CellContext) -> Result<Vec<ResultRow>> {
+    fn evaluate(&mut self, ctx: &CellContext) -> Result<CellOutput> {
         let mut rows = self.eval_group(std::slice::from_ref(ctx))?;
         rows.pop().ok_or_else(|| Error::invalid("no result"))
     }
 
-    fn evaluate_group(&mut self, ctxs: &[CellContext]) -> Vec<Result<Vec<ResultRow>>> {
+    fn evaluate_group(&mut self, ctxs: &[CellContext]) -> Vec<Result<CellOutput>> {
         match self.eval_group(ctxs) {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
             Err(e) => {

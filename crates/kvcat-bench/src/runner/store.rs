@@ -1,18 +1,25 @@
-//! The durable results directory: `manifest.toml`, `results.csv` and the `cells.done` journal.
+//! The durable results directory: `manifest.toml`, `results.csv`, `examples.csv` and the
+//! `cells.done` journal.
 //!
-//! Each finished cell is written in two durable steps: its rows are appended to
-//! `results.csv` in one write and `fsync`ed, then `<cell id> <rows>` is appended to
+//! Each finished cell is written in three durable steps: its rows are appended to
+//! `results.csv` in one write and `fsync`ed, its per-example scores are appended to
+//! `examples.csv` and `fsync`ed, then `<cell id> <rows> <example scores>` is appended to
 //! `cells.done` and `fsync`ed. A cell is finished exactly when its journal line is complete.
-//! On open, a torn journal line is dropped and `results.csv` is truncated right after the
-//! rows of the last finished cell, which removes a torn line or the rows of a cell whose
+//! On open, a torn journal line is dropped and both CSV files are truncated right after the
+//! records of the last finished cell, which removes a torn line or the records of a cell whose
 //! journal line never landed. So a `kill -9` at any instant, then a re-run, gives the same
-//! final CSV: no duplicate, no lost row.
+//! final files: no duplicate, no lost record.
+//!
+//! Directories written before `examples.csv` existed have two-field journal lines (no
+//! per-example scores); they still recover, and a resumed run adds the file.
 //!
 //! The resolved manifest is saved first; a directory made by a different manifest is refused.
 
 use super::manifest::Manifest;
-use crate::results::ResultRow;
+use crate::results::{ExampleScore, ResultRow};
 use kvcat_core::{Error, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -22,31 +29,48 @@ use std::path::{Path, PathBuf};
 pub const MANIFEST_FILE: &str = "manifest.toml";
 /// The long-format results.
 pub const RESULTS_FILE: &str = "results.csv";
-/// One line per finished cell: `<cell id> <number of rows>`.
+/// The long-format per-example scores: `cell_id,example,metric,value`.
+pub const EXAMPLES_FILE: &str = "examples.csv";
+/// One line per finished cell: `<cell id> <rows> <example scores>`.
 pub const JOURNAL_FILE: &str = "cells.done";
 
-/// The CSV header line (without newline), derived from [`ResultRow`]'s fields.
-pub fn csv_header() -> String {
+/// The header line (without newline) of a CSV of `T`, derived from its fields.
+fn header_of<T: Serialize + Default>() -> String {
     let mut w = csv::WriterBuilder::new()
         .has_headers(true)
         .from_writer(vec![]);
-    let _ = w.serialize(ResultRow::example());
+    let _ = w.serialize(T::default());
     let bytes = w.into_inner().unwrap_or_default();
     let text = String::from_utf8_lossy(&bytes).into_owned();
     text.lines().next().unwrap_or_default().to_string()
 }
 
-/// Serialises rows as CSV records without a header.
-pub fn rows_to_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
+/// The CSV header line (without newline), derived from [`ResultRow`]'s fields.
+pub fn csv_header() -> String {
+    header_of::<ResultRow>()
+}
+
+/// The `examples.csv` header line (without newline), derived from [`ExampleScore`].
+pub fn examples_header() -> String {
+    header_of::<ExampleScore>()
+}
+
+/// Serialises records as CSV without a header.
+fn to_csv<T: Serialize>(records: &[T]) -> Result<Vec<u8>> {
     let mut w = csv::WriterBuilder::new()
         .has_headers(false)
         .from_writer(vec![]);
-    for r in rows {
+    for r in records {
         w.serialize(r)
-            .map_err(|e| Error::invalid(format!("serialising a result row: {e}")))?;
+            .map_err(|e| Error::invalid(format!("serialising a CSV record: {e}")))?;
     }
     w.into_inner()
-        .map_err(|e| Error::invalid(format!("serialising result rows: {e}")))
+        .map_err(|e| Error::invalid(format!("serialising CSV records: {e}")))
+}
+
+/// Serialises rows as CSV records without a header.
+pub fn rows_to_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
+    to_csv(rows)
 }
 
 /// The finished state of a results directory, as recovered from disk.
@@ -54,8 +78,13 @@ pub fn rows_to_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
 pub struct Recovered {
     /// Finished cell ids in finishing order, with their rows.
     pub cells: Vec<(String, Vec<ResultRow>)>,
+    /// The per-example scores of each finished cell, parallel to `cells` (empty for cells
+    /// written before `examples.csv` existed).
+    pub cell_examples: Vec<Vec<ExampleScore>>,
     /// Byte length of `results.csv` holding exactly the finished rows.
     pub csv_len: u64,
+    /// Byte length of `examples.csv` holding exactly the finished scores (0: no file).
+    pub examples_len: u64,
     /// Byte length of `cells.done` holding exactly the complete journal lines.
     pub journal_len: u64,
 }
@@ -68,6 +97,11 @@ impl Recovered {
             .flat_map(|(_, r)| r.iter().cloned())
             .collect()
     }
+
+    /// All finished per-example scores in order.
+    pub fn examples(&self) -> Vec<ExampleScore> {
+        self.cell_examples.iter().flatten().cloned().collect()
+    }
 }
 
 fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
@@ -78,93 +112,118 @@ fn read_bytes(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
-/// Reads the finished cells of `dir` without changing anything.
-pub fn recover(dir: &Path) -> Result<Recovered> {
-    let jpath = dir.join(JOURNAL_FILE);
-    let cpath = dir.join(RESULTS_FILE);
-    let journal = read_bytes(&jpath)?.unwrap_or_default();
+/// One complete journal line: a finished cell and its record counts.
+struct JournalEntry {
+    id: String,
+    rows: usize,
+    examples: usize,
+}
+
+/// Parses the complete lines of `cells.done`; returns them and their byte length.
+fn read_journal(jpath: &Path) -> Result<(Vec<JournalEntry>, u64)> {
+    let journal = read_bytes(jpath)?.unwrap_or_default();
     let journal_len = journal
         .iter()
         .rposition(|&b| b == b'\n')
         .map_or(0, |i| i + 1);
-    let mut expected: Vec<(String, usize)> = Vec::new();
+    let mut entries: Vec<JournalEntry> = Vec::new();
     for (i, line) in String::from_utf8_lossy(&journal[..journal_len])
         .lines()
         .enumerate()
     {
+        let at = format!("{}:{}", jpath.display(), i + 1);
         let bad = || Error::Format {
-            file: format!("{}:{}", jpath.display(), i + 1),
-            reason: format!("expected `<cell id> <rows>`, got `{line}`"),
+            file: at.clone(),
+            reason: format!("expected `<cell id> <rows> [<example scores>]`, got `{line}`"),
         };
-        let (id, n) = line.split_once(' ').ok_or_else(bad)?;
-        let n: usize = n.trim().parse().map_err(|_| bad())?;
-        if expected.iter().any(|(x, _)| x == id) {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let count = |k: usize| -> Result<usize> {
+            fields
+                .get(k)
+                .map_or(Ok(0), |f| f.parse().map_err(|_| bad()))
+        };
+        if !(2..=3).contains(&fields.len()) {
+            return Err(bad());
+        }
+        let entry = JournalEntry {
+            id: fields[0].to_string(),
+            rows: count(1)?,
+            examples: count(2)?,
+        };
+        if entries.iter().any(|x| x.id == entry.id) {
             return Err(Error::Format {
-                file: format!("{}:{}", jpath.display(), i + 1),
-                reason: format!("cell {id} is listed twice"),
+                file: at,
+                reason: format!("cell {} is listed twice", entry.id),
             });
         }
-        expected.push((id.to_string(), n));
+        entries.push(entry);
     }
+    Ok((entries, journal_len as u64))
+}
 
-    let Some(csv_bytes) = read_bytes(&cpath)? else {
-        if expected.is_empty() {
-            return Ok(Recovered::default());
+/// Reads the records of the finished cells from a headed CSV, in journal order: `counts[i]`
+/// records of cell `ids[i]`, each carrying that cell id. Returns each cell's records and the
+/// byte length of the file holding exactly them (0 when the file is absent and no record is
+/// expected).
+fn read_cell_records<T: DeserializeOwned>(
+    path: &Path,
+    header: &str,
+    expected: &[(&str, usize)],
+    cell_of: impl Fn(&T) -> &str,
+) -> Result<(Vec<Vec<T>>, u64)> {
+    let total: usize = expected.iter().map(|(_, n)| n).sum();
+    let Some(bytes) = read_bytes(path)? else {
+        if total == 0 {
+            return Ok((expected.iter().map(|_| Vec::new()).collect(), 0));
         }
         return Err(Error::Format {
-            file: cpath.display().to_string(),
-            reason: format!(
-                "missing, but {} lists {} finished cells",
-                JOURNAL_FILE,
-                expected.len()
-            ),
+            file: path.display().to_string(),
+            reason: format!("missing, but {JOURNAL_FILE} lists {total} records in it"),
         });
     };
-    let header = csv_header();
     let header_len = header.len() + 1;
-    if csv_bytes.len() < header_len
-        || &csv_bytes[..header.len()] != header.as_bytes()
-        || csv_bytes[header.len()] != b'\n'
+    if bytes.len() < header_len
+        || &bytes[..header.len()] != header.as_bytes()
+        || bytes[header.len()] != b'\n'
     {
-        let got = String::from_utf8_lossy(&csv_bytes)
+        let got = String::from_utf8_lossy(&bytes)
             .lines()
             .next()
             .unwrap_or_default()
             .to_string();
         return Err(Error::Format {
-            file: cpath.display().to_string(),
+            file: path.display().to_string(),
             reason: format!("unexpected header (written by another kvcat version?)\n  expected: {header}\n  found:    {got}"),
         });
     }
-
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
-        .from_reader(&csv_bytes[header_len..]);
+        .from_reader(&bytes[header_len..]);
     let headers = csv::ByteRecord::from(header.split(',').collect::<Vec<_>>());
     let mut record = csv::ByteRecord::new();
     let mut cells = Vec::with_capacity(expected.len());
     let mut end = 0u64;
-    for (id, n) in &expected {
-        let mut rows = Vec::with_capacity(*n);
+    for (id, n) in expected {
+        let mut records = Vec::with_capacity(*n);
         for _ in 0..*n {
             let ok = rdr
                 .read_byte_record(&mut record)
                 .map_err(|e| Error::Format {
-                    file: cpath.display().to_string(),
-                    reason: format!("bad record in the rows of finished cell {id}: {e}"),
+                    file: path.display().to_string(),
+                    reason: format!("bad record of finished cell {id}: {e}"),
                 })?;
-            let row: Option<ResultRow> = if ok {
+            let parsed: Option<T> = if ok {
                 record.deserialize(Some(&headers)).ok()
             } else {
                 None
             };
-            match row {
-                Some(r) if &r.cell_id == id => rows.push(r),
+            match parsed {
+                Some(r) if cell_of(&r) == *id => records.push(r),
                 _ => {
                     return Err(Error::Format {
-                        file: cpath.display().to_string(),
+                        file: path.display().to_string(),
                         reason: format!(
-                            "does not match {JOURNAL_FILE}: expected {n} rows of finished cell {id} at byte {}",
+                            "does not match {JOURNAL_FILE}: expected {n} records of finished cell {id} at byte {}",
                             header_len as u64 + end
                         ),
                     })
@@ -172,12 +231,38 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
             }
             end = rdr.position().byte();
         }
-        cells.push((id.clone(), rows));
+        cells.push(records);
     }
+    Ok((cells, header_len as u64 + end))
+}
+
+/// Reads the finished cells of `dir` without changing anything.
+pub fn recover(dir: &Path) -> Result<Recovered> {
+    let (journal, journal_len) = read_journal(&dir.join(JOURNAL_FILE))?;
+    let rows_expected: Vec<(&str, usize)> =
+        journal.iter().map(|e| (e.id.as_str(), e.rows)).collect();
+    let (rows, csv_len) = read_cell_records(
+        &dir.join(RESULTS_FILE),
+        &csv_header(),
+        &rows_expected,
+        |r: &ResultRow| r.cell_id.as_str(),
+    )?;
+    let examples_expected: Vec<(&str, usize)> = journal
+        .iter()
+        .map(|e| (e.id.as_str(), e.examples))
+        .collect();
+    let (cell_examples, examples_len) = read_cell_records(
+        &dir.join(EXAMPLES_FILE),
+        &examples_header(),
+        &examples_expected,
+        |r: &ExampleScore| r.cell_id.as_str(),
+    )?;
     Ok(Recovered {
-        cells,
-        csv_len: header_len as u64 + end,
-        journal_len: journal_len as u64,
+        cells: journal.iter().map(|e| e.id.clone()).zip(rows).collect(),
+        cell_examples,
+        csv_len,
+        examples_len,
+        journal_len,
     })
 }
 
@@ -245,9 +330,38 @@ pub fn claim_dir(dir: &Path, manifest_text: &str) -> Result<()> {
 pub struct ResultStore {
     dir: PathBuf,
     csv: File,
+    examples: File,
     journal: File,
     done: HashMap<String, usize>,
     recovered: Recovered,
+}
+
+/// Opens `p` for appending, first truncating it to `len` (dropping an interrupted write).
+fn open_truncated(p: &Path, len: u64) -> Result<File> {
+    let f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(p)
+        .map_err(|e| Error::io(p, e))?;
+    let actual = f.metadata().map_err(|e| Error::io(p, e))?.len();
+    if actual != len {
+        tracing::warn!(
+            "{}: dropping {} bytes of an interrupted write",
+            p.display(),
+            actual.saturating_sub(len)
+        );
+        f.set_len(len).map_err(|e| Error::io(p, e))?;
+        f.sync_all().map_err(|e| Error::io(p, e))?;
+    }
+    Ok(f)
+}
+
+/// Appends `bytes` at the end of `f` and syncs its data.
+fn append_synced(f: &mut File, path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    f.seek(SeekFrom::End(0)).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes).map_err(|e| Error::io(path, e))?;
+    f.sync_data().map_err(|e| Error::io(path, e))
 }
 
 impl ResultStore {
@@ -261,34 +375,21 @@ impl ResultStore {
     pub fn open_text(dir: &Path, manifest_text: &str) -> Result<ResultStore> {
         claim_dir(dir, manifest_text)?;
         let cpath = dir.join(RESULTS_FILE);
+        let epath = dir.join(EXAMPLES_FILE);
         let jpath = dir.join(JOURNAL_FILE);
         if !cpath.exists() {
             write_atomic(&cpath, format!("{}\n", csv_header()).as_bytes())?;
+        }
+        if !epath.exists() {
+            write_atomic(&epath, format!("{}\n", examples_header()).as_bytes())?;
         }
         if !jpath.exists() {
             write_atomic(&jpath, b"")?;
         }
         let recovered = recover(dir)?;
-        let open = |p: &Path, len: u64| -> Result<File> {
-            let f = OpenOptions::new()
-                .read(true)
-                .write(true)
-                .open(p)
-                .map_err(|e| Error::io(p, e))?;
-            let actual = f.metadata().map_err(|e| Error::io(p, e))?.len();
-            if actual != len {
-                tracing::warn!(
-                    "{}: dropping {} bytes of an interrupted write",
-                    p.display(),
-                    actual - len
-                );
-                f.set_len(len).map_err(|e| Error::io(p, e))?;
-                f.sync_all().map_err(|e| Error::io(p, e))?;
-            }
-            Ok(f)
-        };
-        let csv = open(&cpath, recovered.csv_len)?;
-        let journal = open(&jpath, recovered.journal_len)?;
+        let csv = open_truncated(&cpath, recovered.csv_len)?;
+        let examples = open_truncated(&epath, recovered.examples_len)?;
+        let journal = open_truncated(&jpath, recovered.journal_len)?;
         let done = recovered
             .cells
             .iter()
@@ -297,6 +398,7 @@ impl ResultStore {
         Ok(ResultStore {
             dir: dir.to_path_buf(),
             csv,
+            examples,
             journal,
             done,
             recovered,
@@ -322,35 +424,39 @@ impl ResultStore {
         &self.recovered
     }
 
-    /// Appends a finished cell's rows durably (rows, fsync, journal line, fsync).
-    pub fn append_cell(&mut self, id: &str, rows: &[ResultRow]) -> Result<()> {
+    /// Appends a finished cell durably: its rows (fsync), its per-example scores (fsync),
+    /// then its journal line (fsync).
+    pub fn append_cell(
+        &mut self,
+        id: &str,
+        rows: &[ResultRow],
+        examples: &[ExampleScore],
+    ) -> Result<()> {
         if self.is_done(id) {
             return Err(Error::invalid(format!("cell {id} is already finished")));
         }
-        if let Some(r) = rows.iter().find(|r| r.cell_id != id) {
+        let foreign = rows
+            .iter()
+            .map(|r| &r.cell_id)
+            .chain(examples.iter().map(|e| &e.cell_id))
+            .find(|c| *c != id);
+        if let Some(other) = foreign {
             return Err(Error::invalid(format!(
-                "a row of cell {id} carries cell id {}",
-                r.cell_id
+                "a record of cell {id} carries cell id {other}"
             )));
         }
-        let cpath = self.dir.join(RESULTS_FILE);
-        let jpath = self.dir.join(JOURNAL_FILE);
-        use std::io::{Seek, SeekFrom};
-        let bytes = rows_to_csv(rows)?;
-        self.csv
-            .seek(SeekFrom::End(0))
-            .map_err(|e| Error::io(&cpath, e))?;
-        self.csv
-            .write_all(&bytes)
-            .map_err(|e| Error::io(&cpath, e))?;
-        self.csv.sync_data().map_err(|e| Error::io(&cpath, e))?;
-        self.journal
-            .seek(SeekFrom::End(0))
-            .map_err(|e| Error::io(&jpath, e))?;
-        self.journal
-            .write_all(format!("{id} {}\n", rows.len()).as_bytes())
-            .map_err(|e| Error::io(&jpath, e))?;
-        self.journal.sync_data().map_err(|e| Error::io(&jpath, e))?;
+        append_synced(&mut self.csv, &self.dir.join(RESULTS_FILE), &to_csv(rows)?)?;
+        append_synced(
+            &mut self.examples,
+            &self.dir.join(EXAMPLES_FILE),
+            &to_csv(examples)?,
+        )?;
+        let line = format!("{id} {} {}\n", rows.len(), examples.len());
+        append_synced(
+            &mut self.journal,
+            &self.dir.join(JOURNAL_FILE),
+            line.as_bytes(),
+        )?;
         self.done.insert(id.to_string(), rows.len());
         Ok(())
     }

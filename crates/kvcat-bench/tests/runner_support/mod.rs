@@ -5,9 +5,9 @@
 #![allow(dead_code)]
 
 use indicatif::ProgressBar;
-use kvcat_bench::results::ResultRow;
+use kvcat_bench::results::{ExampleScore, ResultRow};
 use kvcat_bench::runner::checkpoints::{Init, TrainJob};
-use kvcat_bench::runner::{BenchOptions, CellContext, CellExecutor};
+use kvcat_bench::runner::{BenchOptions, CellContext, CellExecutor, CellOutput};
 use kvcat_core::budget::Budget;
 use kvcat_core::{Error, Result};
 use std::collections::HashSet;
@@ -81,7 +81,8 @@ pub fn options(out: &Path) -> BenchOptions {
 }
 
 /// Deterministic fake work. Training writes `weights.txt` (its job id); evaluation returns
-/// two rows whose values depend only on the cell's policy, compressor and budget.
+/// two rows whose values depend only on the cell's policy, compressor and budget, and per
+/// example scores `ex0`, `ex1`, … spread symmetrically around the rows' means.
 #[derive(Default)]
 pub struct FakeExecutor {
     /// Labels of the jobs trained, in order.
@@ -123,7 +124,7 @@ impl CellExecutor for FakeExecutor {
         Ok(())
     }
 
-    fn evaluate(&mut self, ctx: &CellContext) -> Result<Vec<ResultRow>> {
+    fn evaluate(&mut self, ctx: &CellContext) -> Result<CellOutput> {
         if self.fail_on.contains(&ctx.cell.id) {
             return Err(Error::invalid("injected failure"));
         }
@@ -149,7 +150,7 @@ impl CellExecutor for FakeExecutor {
             dtype: "f32".into(),
             ..Default::default()
         };
-        Ok(vec![
+        let rows = vec![
             ResultRow {
                 metric: "string_match_all".into(),
                 value: acc,
@@ -162,8 +163,27 @@ impl CellExecutor for FakeExecutor {
                 stderr: 0.02,
                 ..base
             },
-        ])
+        ];
+        let examples = example_scores(&rows, ctx.task().n);
+        Ok(CellOutput { rows, examples })
     }
+}
+
+/// Per-example scores of `rows`: example `i` of `n` is the row's mean plus
+/// `0.01·(i − (n − 1)/2)`, so the scores average to the mean and differ between examples.
+pub fn example_scores(rows: &[ResultRow], n: usize) -> Vec<ExampleScore> {
+    let mut out = Vec::new();
+    for i in 0..n {
+        for r in rows {
+            out.push(ExampleScore {
+                cell_id: String::new(),
+                example: format!("ex{i}"),
+                metric: r.metric.clone(),
+                value: r.value + 0.01 * (i as f64 - (n as f64 - 1.0) / 2.0),
+            });
+        }
+    }
+    out
 }
 
 /// The bytes of a run directory's results and journal.
@@ -172,4 +192,9 @@ pub fn snapshot(dir: &Path) -> (String, String) {
         std::fs::read_to_string(dir.join("results.csv")).expect("results.csv"),
         std::fs::read_to_string(dir.join("cells.done")).expect("cells.done"),
     )
+}
+
+/// The text of a run directory's `examples.csv`.
+pub fn examples_snapshot(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("examples.csv")).expect("examples.csv")
 }
