@@ -58,7 +58,7 @@ pub fn panels(curves: &[Curve], model: &str) -> (Vec<String>, Vec<String>, Vec<P
     (tasks, comps, out)
 }
 
-fn register_fonts() {
+pub(crate) fn register_fonts() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         let _ = plotters::style::register_font(
