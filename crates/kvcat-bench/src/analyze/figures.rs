@@ -48,6 +48,15 @@ fn color(x: f64, diverging: bool) -> RGBColor {
     }
 }
 
+/// Cell centres sit on integers: label those, leave the half steps blank.
+fn integer_label(x: &f64) -> String {
+    if (x - x.round()).abs() < 1e-6 {
+        format!("{}", x.round() as i64)
+    } else {
+        String::new()
+    }
+}
+
 fn draw_heatmap<DB: DrawingBackend>(
     root: DrawingArea<DB, Shift>,
     title: &str,
@@ -79,24 +88,24 @@ fn draw_heatmap<DB: DrawingBackend>(
         .margin(10)
         .x_label_area_size(30)
         .y_label_area_size(40)
-        .build_cartesian_2d(0f64..g.heads as f64, 0f64..layers as f64)
+        .build_cartesian_2d(-0.5..g.heads as f64 - 0.5, -0.5..layers as f64 - 0.5)
         .map_err(|x| e(&x))?;
     chart
         .configure_mesh()
         .disable_mesh()
         .x_desc("KV head")
         .y_desc("layer")
-        .x_labels(g.heads + 1)
-        .y_labels(layers + 1)
-        .x_label_formatter(&|x| format!("{}", x.floor() as i64))
-        .y_label_formatter(&|y| format!("{}", y.floor() as i64))
+        .x_labels(2 * g.heads + 1)
+        .y_labels(2 * layers + 1)
+        .x_label_formatter(&integer_label)
+        .y_label_formatter(&integer_label)
         .label_style(("sans-serif", 11))
         .draw()
         .map_err(|x| e(&x))?;
     for (l, row) in g.values.iter().enumerate() {
         for (h, &v) in row.iter().enumerate() {
             let x = if diverging { v / span } else { (v - lo) / span };
-            let (x0, y0) = (h as f64, l as f64);
+            let (x0, y0) = (h as f64 - 0.5, l as f64 - 0.5);
             chart
                 .draw_series(std::iter::once(Rectangle::new(
                     [(x0, y0), (x0 + 1.0, y0 + 1.0)],
@@ -150,7 +159,7 @@ pub fn write_heatmap(
         )));
     }
     let size = (
-        (110 * g.heads as u32 + 90).max(320),
+        (140 * g.heads as u32 + 120).max(440),
         50 * g.values.len() as u32 + 90,
     );
     let (svg, png) = figure_paths(stem);
@@ -264,7 +273,11 @@ fn draw_curve_panel<DB: DrawingBackend>(
     }
     chart
         .configure_series_labels()
-        .position(SeriesLabelPosition::LowerRight)
+        .position(if y_desc == "kept_mass" {
+            SeriesLabelPosition::UpperLeft
+        } else {
+            SeriesLabelPosition::UpperRight
+        })
         .label_font(("sans-serif", 10))
         .background_style(WHITE.mix(0.8))
         .border_style(RGBColor(200, 200, 200))

@@ -51,7 +51,8 @@ pub const COMPARE_CSV: &str = "compare.csv";
 
 /// Writes `profile.csv`, `heatmap_mass_auc`, `curves_kept_mass` and `curves_output_rel_error`
 /// (SVG + PNG) into `out`; with `other`, also its rows in `profile.csv`, `compare.csv`
-/// (`other − rows`) and `heatmap_mass_auc_diff`. Returns the paths written.
+/// (`other − rows`), `heatmap_mass_auc_diff` and `curves_kept_mass_compare` (both oracles).
+/// Returns the paths written.
 pub fn write_profile(
     out: &Path,
     rows: &[ProfileRow],
@@ -76,14 +77,14 @@ pub fn write_profile(
     )?;
     figures::write_curves(
         &out.join("curves_kept_mass"),
-        "kept attention mass (heads pooled)",
-        &all,
+        &format!("kept attention mass (heads pooled) · {model}"),
+        rows,
         "kept_mass",
     )?;
     figures::write_curves(
         &out.join("curves_output_rel_error"),
-        "attention-output relative error (heads pooled)",
-        &all,
+        &format!("attention-output relative error (heads pooled) · {model}"),
+        rows,
         "output_rel_error",
     )?;
     written.extend(
@@ -108,6 +109,14 @@ pub fn write_profile(
             true,
         )?;
         written.push(out.join("heatmap_mass_auc_diff.png"));
+        let oracles: Vec<ProfileRow> = all.into_iter().filter(|r| r.method == ORACLE).collect();
+        figures::write_curves(
+            &out.join("curves_kept_mass_compare"),
+            "oracle kept attention mass (heads pooled)",
+            &oracles,
+            "kept_mass",
+        )?;
+        written.push(out.join("curves_kept_mass_compare.png"));
     }
     Ok(written)
 }

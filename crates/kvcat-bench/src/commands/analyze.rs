@@ -103,7 +103,8 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         seed: args.seed,
     };
     let model = args.model.load()?;
-    let rows = profile_model(&model, &model.source, &examples_for(&args, &model)?, &spec)
+    let (name, other_name) = names(&args.model.model, args.compare.as_deref());
+    let rows = profile_model(&model, &name, &examples_for(&args, &model)?, &spec)
         .with_context(|| format!("profiling {}", model.source))?;
     let other = match &args.compare {
         Some(path) => {
@@ -114,7 +115,7 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
             let m2 = margs.load()?;
             let ex2 = examples_for(&args, &m2)?;
             Some(
-                profile_model(&m2, &m2.source, &ex2, &spec)
+                profile_model(&m2, &other_name, &ex2, &spec)
                     .with_context(|| format!("profiling {}", m2.source))?,
             )
         }
@@ -129,6 +130,27 @@ pub fn run(args: AnalyzeArgs) -> anyhow::Result<()> {
         println!("wrote {}", p.display());
     }
     Ok(())
+}
+
+/// The name a model goes by in rows and figures: its directory or file name.
+fn short_name(path: &std::path::Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| path.display().to_string())
+}
+
+/// Short names for the two models, or their full paths when the short names coincide.
+fn names(first: &std::path::Path, second: Option<&std::path::Path>) -> (String, String) {
+    let (a, b) = (
+        short_name(first),
+        second.map(short_name).unwrap_or_default(),
+    );
+    if a == b {
+        let full = |p: &std::path::Path| p.display().to_string();
+        (full(first), second.map(full).unwrap_or_default())
+    } else {
+        (a, b)
+    }
 }
 
 /// Prints the per-layer oracle mass AUC and entropy.
