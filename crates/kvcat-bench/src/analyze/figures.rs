@@ -159,7 +159,7 @@ pub fn write_heatmap(
         )));
     }
     let size = (
-        (140 * g.heads as u32 + 120).max(440),
+        (140 * g.heads as u32 + 120).max(600),
         50 * g.values.len() as u32 + 90,
     );
     let (svg, png) = figure_paths(stem);
