@@ -17,6 +17,7 @@
 use crate::metrics::{mean_stderr, perplexity, score_text, MeanStderr};
 use crate::results::{peak_rss_mb, ResultRow};
 use kvcat_core::decode::{continuation_nll, greedy};
+use kvcat_core::decode_compressing::{greedy_compressing, DecodeCompression, History, Schedule};
 use kvcat_core::model::{ForwardOptions, Logits};
 use kvcat_core::task::{Context, Example, Metric, Task};
 use kvcat_core::{Budget, CompressionInput, Compressor, Error, KvCache, Llama, Result, Tokenizer};
@@ -32,6 +33,10 @@ pub struct EvalOptions {
     pub add_bos: bool,
     /// Seed passed to stochastic compressors (mixed with the example index).
     pub seed: u64,
+    /// Also compress during generation, after every this many generated tokens
+    /// ([`kvcat_core::decode_compressing`]); adds the `decode_compressions` and
+    /// `decode_kv_bytes_end` metrics.
+    pub compress_every: Option<usize>,
 }
 
 impl Default for EvalOptions {
@@ -40,6 +45,7 @@ impl Default for EvalOptions {
             query_aware: false,
             add_bos: true,
             seed: 0,
+            compress_every: None,
         }
     }
 }
@@ -441,7 +447,33 @@ pub fn evaluate_budgets(
                     String::new()
                 }
                 _ => {
-                    let ids = greedy(model, &mut cache, &ex.prompt, ex.max_new_tokens, &stop)?;
+                    let ids = match (opts.compress_every, compressor, a.budget) {
+                        (Some(every), Some(c), Some(budget)) => {
+                            let comp = DecodeCompression {
+                                compressor: c,
+                                budget,
+                                schedule: Schedule {
+                                    every: Some(every),
+                                    max_slots: None,
+                                },
+                                seed: opts.seed.wrapping_add(idx as u64),
+                            };
+                            let mut hist = History::new(&ex.context, &out.hidden);
+                            let d = greedy_compressing(
+                                model,
+                                &mut cache,
+                                &mut hist,
+                                &ex.prompt,
+                                ex.max_new_tokens,
+                                &stop,
+                                &comp,
+                            )?;
+                            a.extra.push("decode_compressions", d.compressions as f64);
+                            a.extra.push("decode_kv_bytes_end", d.kv_bytes_end as f64);
+                            d.ids
+                        }
+                        _ => greedy(model, &mut cache, &ex.prompt, ex.max_new_tokens, &stop)?,
+                    };
                     let text = tok.decode(&ids)?;
                     let v = score_text(ex.metric, &text, &ex.answers).ok_or_else(|| {
                         Error::invalid(format!("example `{}`: no text metric", ex.id))

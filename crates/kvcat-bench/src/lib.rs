@@ -1,6 +1,7 @@
 //! kvcat-bench: the `kvcat` CLI and everything behind it — training, evaluation tasks and
 //! metrics, the bench runner over TOML manifests, CSV results and reports.
 
+pub mod analyze;
 pub mod cli;
 pub mod commands;
 pub mod evaluate;

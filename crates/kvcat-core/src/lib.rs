@@ -8,6 +8,7 @@ pub mod cache;
 pub mod compressor;
 pub mod config;
 pub mod decode;
+pub mod decode_compressing;
 pub mod device;
 pub mod error;
 pub mod loading;

@@ -58,6 +58,10 @@ pub struct EvalArgs {
     /// Print each example's prediction and score.
     #[arg(long)]
     pub show: bool,
+    /// Also compress during generation: after every N generated tokens, compress the cache
+    /// back to the budget (needs a --compressor).
+    #[arg(long, value_name = "N")]
+    pub compress_every: Option<usize>,
 }
 
 /// Parses `key=value` assignments into a TOML table. Values are TOML (`3`, `0.5`, `true`,
@@ -104,6 +108,12 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     if args.compressor == "none" && budgets.len() > 1 {
         bail!("several --budget values need a --compressor (`none` keeps the whole cache)");
     }
+    if args.compress_every.is_some() && args.compressor == "none" {
+        bail!("--compress-every needs a --compressor (`none` keeps the whole cache)");
+    }
+    if args.compress_every == Some(0) {
+        bail!("--compress-every must be at least 1");
+    }
     let task_params = parse_assignments(&args.task_set).context("--task-set")?;
     let comp_params = parse_assignments(&args.set).context("--set")?;
     let task = kvcat_core::task::build_task(&args.task, &task_params)?;
@@ -138,6 +148,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         query_aware: args.query_aware,
         add_bos: !args.no_bos && !bos_is_turn_start,
         seed: args.seed,
+        compress_every: args.compress_every,
     };
     let mut examples = task
         .examples(&tok, args.n, args.seed)
@@ -179,19 +190,23 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         let n_s = args.n.to_string();
         let seed_s = args.seed.to_string();
         let qa = args.query_aware.to_string();
+        // Compressing during generation is a different cell; without it the id is unchanged.
+        let every_s = args.compress_every.map(|n| format!("compress_every={n}"));
+        let mut id_parts: Vec<&str> = vec![
+            model.source.as_str(),
+            &args.compressor,
+            &comp_params_s,
+            &budget_s,
+            &args.task,
+            &task_params_s,
+            &n_s,
+            &seed_s,
+            &qa,
+        ];
+        id_parts.extend(every_s.as_deref());
         let cell = CellInfo {
             run_id: run_id.clone(),
-            cell_id: cell_hash(&[
-                &model.source,
-                &args.compressor,
-                &comp_params_s,
-                &budget_s,
-                &args.task,
-                &task_params_s,
-                &n_s,
-                &seed_s,
-                &qa,
-            ]),
+            cell_id: cell_hash(&id_parts),
             model: model.source.clone(),
             policy: String::new(),
             policy_params: String::new(),

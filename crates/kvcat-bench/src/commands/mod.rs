@@ -1,5 +1,6 @@
 //! Subcommand implementations, one module per subcommand.
 
+pub mod analyze;
 pub mod bench;
 pub mod common;
 pub mod compress;

@@ -215,6 +215,7 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
                 query_aware: false,
                 add_bos: false,
                 seed: m.seed,
+                compress_every: None,
             };
             let compressor = cell
                 .compressor

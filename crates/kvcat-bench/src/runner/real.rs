@@ -83,6 +83,7 @@ impl RealExecutor {
             query_aware: spec.query_aware,
             add_bos: true,
             seed: self.manifest.seed,
+            compress_every: None,
         };
         self.model(first.weights)?;
         let (_, model) = self.loaded.as_ref().expect("loaded above");
