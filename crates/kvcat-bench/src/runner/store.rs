@@ -9,7 +9,13 @@
 //! final CSV: no duplicate, no lost row.
 //!
 //! The resolved manifest is saved first; a directory made by a different manifest is refused.
+//!
+//! One process writes a directory at a time: an open store holds the directory's writer lock
+//! ([`super::lock::DirLock`], `writer.lock`), taken before anything is read or written, so a
+//! second `kvcat bench` (or `kvcat merge`) on the same directory fails at once, naming the
+//! holder, and the first finishes a directory that resumes and reports as usual.
 
+use super::lock::DirLock;
 use super::manifest::Manifest;
 use crate::results::ResultRow;
 use kvcat_core::{Error, Result};
@@ -58,6 +64,8 @@ pub struct Recovered {
     pub csv_len: u64,
     /// Byte length of `cells.done` holding exactly the complete journal lines.
     pub journal_len: u64,
+    /// Whether `results.csv` has an older kvcat's header (fewer columns).
+    pub old_header: bool,
 }
 
 impl Recovered {
@@ -120,22 +128,19 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
             ),
         });
     };
-    let header = csv_header();
-    let header_len = header.len() + 1;
-    if csv_bytes.len() < header_len
-        || &csv_bytes[..header.len()] != header.as_bytes()
-        || csv_bytes[header.len()] != b'\n'
-    {
+    let current = csv_header();
+    let header = file_header(&csv_bytes, &current).ok_or_else(|| {
         let got = String::from_utf8_lossy(&csv_bytes)
             .lines()
             .next()
             .unwrap_or_default()
             .to_string();
-        return Err(Error::Format {
+        Error::Format {
             file: cpath.display().to_string(),
-            reason: format!("unexpected header (written by another kvcat version?)\n  expected: {header}\n  found:    {got}"),
-        });
-    }
+            reason: format!("unexpected header (written by another kvcat version?)\n  expected: {current}\n  found:    {got}"),
+        }
+    })?;
+    let header_len = header.len() + 1;
 
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
@@ -178,7 +183,19 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
         cells,
         csv_len: header_len as u64 + end,
         journal_len: journal_len as u64,
+        old_header: header != current,
     })
+}
+
+/// The header line of a `results.csv` (without its newline): today's, or an older kvcat's,
+/// whose columns are a prefix of today's (columns are only ever appended; the missing ones
+/// read as their defaults). `None` for anything else.
+fn file_header(csv_bytes: &[u8], current: &str) -> Option<String> {
+    let end = csv_bytes.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&csv_bytes[..end]).ok()?;
+    let is_prefix = current.starts_with(line)
+        && (line.len() == current.len() || current.as_bytes()[line.len()] == b',');
+    (is_prefix && line.contains(',')).then(|| line.to_string())
 }
 
 /// Writes `text` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
@@ -241,8 +258,23 @@ pub fn claim_dir(dir: &Path, manifest_text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites an older kvcat's `results.csv` with today's header and its finished rows (new
+/// columns empty), atomically, so that appended rows match the header.
+fn upgrade_csv(dir: &Path, recovered: &Recovered) -> Result<()> {
+    let path = dir.join(RESULTS_FILE);
+    tracing::warn!(
+        "{}: adding the columns of this kvcat version",
+        path.display()
+    );
+    let mut text = format!("{}\n", csv_header()).into_bytes();
+    text.extend(rows_to_csv(&recovered.rows())?);
+    write_atomic(&path, &text)
+}
+
 /// An open results directory that appends finished cells durably.
 pub struct ResultStore {
+    /// Held while the store is open; dropping the store releases it.
+    _lock: DirLock,
     dir: PathBuf,
     csv: File,
     journal: File,
@@ -259,6 +291,8 @@ impl ResultStore {
 
     /// [`ResultStore::open`] with the resolved manifest's saved text.
     pub fn open_text(dir: &Path, manifest_text: &str) -> Result<ResultStore> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = DirLock::acquire(dir)?;
         claim_dir(dir, manifest_text)?;
         let cpath = dir.join(RESULTS_FILE);
         let jpath = dir.join(JOURNAL_FILE);
@@ -268,7 +302,11 @@ impl ResultStore {
         if !jpath.exists() {
             write_atomic(&jpath, b"")?;
         }
-        let recovered = recover(dir)?;
+        let mut recovered = recover(dir)?;
+        if recovered.old_header {
+            upgrade_csv(dir, &recovered)?;
+            recovered = recover(dir)?;
+        }
         let open = |p: &Path, len: u64| -> Result<File> {
             let f = OpenOptions::new()
                 .read(true)
@@ -295,6 +333,7 @@ impl ResultStore {
             .map(|(id, r)| (id.clone(), r.len()))
             .collect();
         Ok(ResultStore {
+            _lock: lock,
             dir: dir.to_path_buf(),
             csv,
             journal,
