@@ -78,12 +78,22 @@ impl FailureLog {
         dir: &Path,
         finished: impl Fn(&str) -> bool,
     ) -> Result<(FailureLog, Vec<FailedCell>)> {
-        let path = dir.join(FAILED_FILE);
+        let log = FailureLog {
+            path: dir.join(FAILED_FILE),
+        };
+        let open = log.compact(finished)?;
+        Ok((log, open))
+    }
+
+    /// Rewrites the log keeping only the cells for which `finished` is false, and returns
+    /// them. Always rewritten: this also drops a torn last line before anything is appended.
+    /// The runner calls it on open and again when a run ends.
+    pub fn compact(&self, finished: impl Fn(&str) -> bool) -> Result<Vec<FailedCell>> {
+        let dir = self.path.parent().unwrap_or(Path::new("."));
         let mut open = read_failed(dir)?;
         open.retain(|f| !finished(&f.cell_id));
-        // Always rewritten: this also drops a torn last line before anything is appended.
-        write_atomic(&path, &to_csv(&open, true)?)?;
-        Ok((FailureLog { path }, open))
+        write_atomic(&self.path, &to_csv(&open, true)?)?;
+        Ok(open)
     }
 
     /// Appends a failure durably (one write, then fsync).

@@ -149,6 +149,19 @@ fn try_flock(file: &std::fs::File) -> std::io::Result<bool> {
     }
 }
 
+/// The holder line of a lock just found taken. The holder writes it right after taking the
+/// lock, so an empty file is read again for up to a second.
+fn read_holder(path: &Path) -> String {
+    for _ in 0..20 {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if text.ends_with('\n') {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
 impl DirLock {
     /// Takes the writer lock of results directory `dir` (which must exist), or fails with
     /// [`Error::Locked`] naming the process that holds it.
@@ -186,7 +199,7 @@ impl DirLock {
             }
         };
         if !taken {
-            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            let holder = read_holder(&path);
             return Err(Error::Locked {
                 path,
                 holder: match holder.trim() {

@@ -435,6 +435,7 @@ pub fn run_bench(
         }
         pb.finish_and_clear();
     }
+    failures.compact(|id| store.is_done(id))?;
     summary.trained = ckpts.trained;
     summary.reused = ckpts.reused;
     summary.seconds = t0.elapsed().as_secs_f64();
