@@ -65,7 +65,7 @@ pub enum Error {
     /// An input token id is outside the vocabulary; `index` counts from the start of the
     /// token sequence that was run (callers that read ids from a file name the file field).
     #[error(
-        "token id {id} at position {index} of the input is outside the vocabulary (allowed: 0 \
+        "token id {id} at index {index} of the input is outside the vocabulary (allowed: 0 \
          to {}, the model's vocab_size {vocab} minus one)",
         .vocab - 1
     )]
