@@ -15,7 +15,7 @@
 //! compressor; [`EvalResult::rows`] turns a result into CSV [`ResultRow`]s.
 
 use crate::metrics::{mean_stderr, perplexity, score_text, MeanStderr};
-use crate::results::{peak_rss_mb, ResultRow};
+use crate::results::{peak_memory_mb, peak_rss_mb, ResultRow, KVCAT_VERSION};
 use kvcat_core::decode::{continuation_nll, greedy};
 use kvcat_core::decode_compressing::{greedy_compressing, DecodeCompression, History, Schedule};
 use kvcat_core::model::{ForwardOptions, Logits};
@@ -259,11 +259,14 @@ impl EvalResult {
                 value: m.mean,
                 stderr: m.stderr,
                 compress_seconds: self.compress_seconds,
-                peak_memory_mb: peak_rss_mb(),
+                peak_memory_mb: peak_memory_mb(&cell.device),
                 device: cell.device.clone(),
                 dtype: cell.dtype.clone(),
                 seed: cell.seed,
                 git_rev: cell.git_rev.clone(),
+                kvcat_version: KVCAT_VERSION.to_string(),
+                host_peak_rss_mb: peak_rss_mb(),
+                notes: String::new(),
             })
             .collect()
     }

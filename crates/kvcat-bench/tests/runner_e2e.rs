@@ -96,6 +96,7 @@ fn stable(rows: &[ResultRow]) -> Vec<ResultRow> {
         .map(|r| ResultRow {
             compress_seconds: 0.0,
             peak_memory_mb: 0.0,
+            host_peak_rss_mb: 0.0,
             ..r.clone()
         })
         .collect()

@@ -210,12 +210,13 @@ fn model_sources_and_reference_compressor() {
 
 #[test]
 fn bad_training_tables_name_the_job_and_field() {
-    let e = err(&MINI.replace(
+    let text = MINI.replace(
         "[train]\nsteps = 2",
         "[train]\nsteps = 2\nlearning_rate = 0.1",
-    ));
-    let (l, _) = pos(&MINI, "[train]");
-    assert!(e.starts_with(&format!("m.toml:{l}:")), "{e}");
+    );
+    let e = err(&text);
+    let (l, c) = pos(&text, "learning_rate");
+    assert!(e.starts_with(&format!("m.toml:{l}:{c}:")), "{e}");
     assert!(
         e.contains("tiny/none") && e.contains("learning_rate"),
         "{e}"
@@ -233,8 +234,8 @@ fn bad_training_tables_name_the_job_and_field() {
 fn bad_pretrain_table_points_at_the_model() {
     let text = MINI.replace("vocab_size = 300", "vocab_size = 10");
     let e = err(&text);
-    let (l, _) = pos(&text, "[model.pretrain]");
-    assert!(e.starts_with(&format!("m.toml:{l}:")), "{e}");
+    let (l, c) = pos(&text, "vocab_size = 10");
+    assert!(e.starts_with(&format!("m.toml:{l}:{c}:")), "{e}");
     assert!(
         e.contains("model[0].pretrain") && e.contains("tiny/pretrain") && e.contains("vocab_size"),
         "{e}"

@@ -30,7 +30,8 @@ fn csv_header_is_stable() {
         csv_header(),
         "run_id,cell_id,model,policy,policy_params,compressor,compressor_params,budget,\
          budget_achieved,kv_bytes,task,task_params,query_aware,n,metric,value,stderr,\
-         compress_seconds,peak_memory_mb,device,dtype,seed,git_rev"
+         compress_seconds,peak_memory_mb,device,dtype,seed,git_rev,kvcat_version,\
+         host_peak_rss_mb,notes"
     );
     let (dir, _) = full_run("header");
     let (csv, _) = snapshot(&dir);

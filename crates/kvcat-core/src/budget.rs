@@ -16,17 +16,27 @@ pub enum Budget {
     Slots(i64),
 }
 
+/// What a budget may be, for errors about one that is zero or negative (which is neither a
+/// fraction nor a slot count, whatever its type).
+const ALLOWED: &str = "a budget keeps something: a kept fraction in (0, 1] (`0.1`, `10%`) or a \
+                       slot count of at least 1 (`64`, `64slots`)";
+
 impl Budget {
     /// A fraction budget, checked to lie in (0, 1].
     pub fn fraction(b: f64) -> Result<Self> {
-        if b.is_finite() && b > 0.0 && b <= 1.0 {
-            Ok(Budget::Fraction(b))
+        let reason = if b.is_finite() && b > 0.0 && b <= 1.0 {
+            return Ok(Budget::Fraction(b));
+        } else if b.is_finite() && b > 1.0 {
+            "a fraction must lie in (0, 1]; write a slot count as an integer (`128`) or `128slots`"
+        } else if b.is_nan() {
+            "not a number; a budget is a kept fraction in (0, 1] or a slot count of at least 1"
         } else {
-            Err(Error::Budget {
-                value: b.to_string(),
-                reason: "a fraction must lie in (0, 1]".into(),
-            })
-        }
+            ALLOWED
+        };
+        Err(Error::Budget {
+            value: b.to_string(),
+            reason: reason.into(),
+        })
     }
     /// An absolute slot budget, checked to be at least 1.
     pub fn slots(n: i64) -> Result<Self> {
@@ -35,7 +45,7 @@ impl Budget {
         } else {
             Err(Error::Budget {
                 value: n.to_string(),
-                reason: "a slot count must be at least 1".into(),
+                reason: ALLOWED.into(),
             })
         }
     }
@@ -53,6 +63,23 @@ impl Budget {
     /// Whether this budget keeps everything of a cache with `slots` slots.
     pub fn is_identity_for(&self, slots: i64) -> bool {
         self.kept(slots) >= slots
+    }
+    /// When this budget asks for more slots than the shortest of some contexts holds (so
+    /// those keep their whole context and the cell measures no compression there), a note
+    /// saying so; `lengths` are the contexts' slot counts. `None` when nothing is capped.
+    pub fn cap_note(&self, lengths: &[i64]) -> Option<String> {
+        let Budget::Slots(n) = *self else {
+            return None;
+        };
+        let capped = lengths.iter().filter(|&&l| l <= n).count();
+        let shortest = lengths.iter().copied().min()?;
+        (capped > 0).then(|| {
+            format!(
+                "budget {self} is not below the context of {capped} of {} examples (shortest \
+                 {shortest} slots): those keep their whole cache",
+                lengths.len()
+            )
+        })
     }
     /// The budget as a fraction of `slots`, for plotting slot budgets on a common axis.
     pub fn as_fraction(&self, slots: i64) -> f64 {

@@ -120,9 +120,30 @@ fn check_field_types(json: &serde_json::Value, file: &str) -> Result<()> {
     Ok(())
 }
 
+/// The values transformers' `LlamaConfig` uses for fields a `config.json` leaves out, which
+/// kvcat fills in the same way, saying so (they change results when the checkpoint was
+/// trained with other values).
+const HF_DEFAULTS: [(&str, &str); 3] = [
+    ("rms_norm_eps", "1e-6"),
+    ("rope_theta", "10000"),
+    ("max_position_embeddings", "2048"),
+];
+
 impl LlamaConfig {
-    /// Reads and validates an HF `config.json`.
+    /// Reads and validates an HF `config.json`; a field filled in with its default is said
+    /// once on stderr (see [`LlamaConfig::from_hf_json_noted`]).
     pub fn from_hf_json(path: &Path) -> Result<Self> {
+        let (cfg, notes) = Self::from_hf_json_noted(path)?;
+        for n in &notes {
+            crate::loading::warn_once(n);
+        }
+        Ok(cfg)
+    }
+
+    /// Reads and validates an HF `config.json`, returning beside it one note per field that
+    /// was missing and got transformers' default (`rms_norm_eps`, `rope_theta`,
+    /// `max_position_embeddings`).
+    pub fn from_hf_json_noted(path: &Path) -> Result<(Self, Vec<String>)> {
         let file = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
@@ -213,7 +234,20 @@ impl LlamaConfig {
             eos_token_ids: ids(&raw.eos_token_id),
         };
         cfg.validate(&file)?;
-        Ok(cfg)
+        let present = [
+            raw.rms_norm_eps.is_some(),
+            rope_theta.is_some(),
+            raw.max_position_embeddings.is_some(),
+        ];
+        let notes = HF_DEFAULTS
+            .iter()
+            .zip(present)
+            .filter(|(_, p)| !p)
+            .map(|((field, v), _)| {
+                format!("{file}: no `{field}`; using {v} (the transformers default)")
+            })
+            .collect();
+        Ok((cfg, notes))
     }
 
     /// Checks that sizes are positive and heads divide evenly.

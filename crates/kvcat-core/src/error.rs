@@ -43,7 +43,7 @@ pub enum Error {
         supported: String,
     },
     /// A registry lookup failed.
-    #[error("unknown {kind} `{name}`; known {kind}s: {}", .known.join(", "))]
+    #[error("unknown {kind} `{name}`; known {}: {}", plural(.kind), .known.join(", "))]
     UnknownName {
         kind: &'static str,
         name: String,
@@ -62,15 +62,34 @@ pub enum Error {
     /// A budget is outside its allowed range.
     #[error("invalid budget `{value}`: {reason}")]
     Budget { value: String, reason: String },
-    /// An input token id is outside the vocabulary.
-    #[error("token id {id} at index {index} is outside the vocabulary (size {vocab})")]
+    /// An input token id is outside the vocabulary; `index` counts from the start of the
+    /// token sequence that was run (callers that read ids from a file name the file field).
+    #[error(
+        "token id {id} at index {index} of the input is outside the vocabulary (allowed: 0 \
+         to {}, the model's vocab_size {vocab} minus one)",
+        .vocab - 1
+    )]
     TokenOutOfRange { id: i64, index: i64, vocab: i64 },
+    /// Another process holds the lock of a directory this one must write alone.
+    #[error(
+        "{path} is locked by another kvcat process ({holder}); wait for it to finish, or use \
+         another --out (shards of one grid each need their own directory; `kvcat merge` joins them)"
+    )]
+    Locked { path: PathBuf, holder: String },
     /// Any other invalid argument, with a message that says what and why.
     #[error("{0}")]
     Invalid(String),
     /// A failure inside libtorch.
     #[error("libtorch: {0}")]
     Torch(#[from] tch::TchError),
+}
+
+/// The plural of a registry kind: `policy` → `policies`, `compressor` → `compressors`.
+fn plural(kind: &str) -> String {
+    match kind.strip_suffix('y') {
+        Some(stem) => format!("{stem}ies"),
+        None => format!("{kind}s"),
+    }
 }
 
 /// Shorthand for `std::result::Result<T, kvcat_core::Error>`.

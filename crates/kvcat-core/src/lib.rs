@@ -19,6 +19,7 @@ pub mod probe;
 pub mod registry;
 pub mod task;
 pub mod tokenizer;
+pub mod toml_paths;
 
 pub use budget::Budget;
 pub use cache::{KvCache, LayerCache};

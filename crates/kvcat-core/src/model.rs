@@ -249,6 +249,13 @@ impl Llama {
         opts: &ForwardOptions,
     ) -> Result<ForwardOutput> {
         let t = tokens.size().last().copied().unwrap_or(0);
+        let max = self.config.max_position_embeddings;
+        if cache.seq_len + t > max {
+            crate::loading::warn_once(&format!(
+                "a sequence runs past the model's max_position_embeddings = {max} (said once): \
+                 RoPE extrapolates beyond the trained range, so results there are unreliable"
+            ));
+        }
         let positions = Tensor::arange_start(
             cache.seq_len,
             cache.seq_len + t,

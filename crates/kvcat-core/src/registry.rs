@@ -53,19 +53,18 @@ where
 }
 
 /// Parses a plugin's parameter table into its typed params (which should use
-/// `#[serde(deny_unknown_fields, default)]`). Errors name the plugin and the field.
+/// `#[serde(deny_unknown_fields, default)]`). Errors name the plugin and the field
+/// (`field `window_size`: invalid type: string "abc", expected usize`).
 pub fn parse_params<P: DeserializeOwned>(
     kind: &'static str,
     name: &str,
     table: &toml::Table,
 ) -> Result<P> {
-    toml::Value::Table(table.clone())
-        .try_into()
-        .map_err(|e: toml::de::Error| Error::Params {
-            kind,
-            name: name.to_string(),
-            reason: e.message().trim().to_string(),
-        })
+    crate::toml_paths::from_table(table, &toml::Table::new()).map_err(|e| Error::Params {
+        kind,
+        name: name.to_string(),
+        reason: e.to_string(),
+    })
 }
 
 /// Serialises typed params back to a TOML table (defaults filled in), for `kvcat list`,

@@ -66,9 +66,10 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     print_summary(&manifest, &opts, &summary);
     if !summary.failed.is_empty() {
         anyhow::bail!(
-            "{} of {} cells failed (listed above); re-run the same command to retry them",
+            "{} of {} cells failed (listed above and in {}); re-run the same command to retry them",
             summary.failed.len(),
-            summary.shard_cells
+            summary.shard_cells,
+            out.join(crate::runner::failures::FAILED_FILE).display()
         );
     }
     Ok(())

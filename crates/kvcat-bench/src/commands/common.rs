@@ -60,6 +60,30 @@ impl IdsFile {
         );
         Ok(ids)
     }
+
+    /// Checks every id against a vocabulary of `vocab` entries; an error names the file, the
+    /// field and the index within it (`ids.json: field `continuation`[3]: …`).
+    pub fn check_vocab(&self, vocab: i64, path: &std::path::Path) -> anyhow::Result<()> {
+        for (field, ids) in [
+            ("context", &self.context),
+            ("continuation", &self.continuation),
+            ("question", &self.question),
+        ] {
+            if let Some((i, id)) = ids
+                .iter()
+                .enumerate()
+                .find(|(_, id)| **id < 0 || **id >= vocab)
+            {
+                anyhow::bail!(
+                    "{}: field `{field}`[{i}]: token id {id} is outside the vocabulary (allowed: \
+                     0 to {}, the model's vocab_size {vocab} minus one)",
+                    path.display(),
+                    vocab - 1
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Writes named tensors to a safetensors file, creating its parent directory; errors name the

@@ -188,6 +188,10 @@ pub fn run(args: CompressArgs) -> anyhow::Result<()> {
     let ids = IdsFile::read(&args.ids_file)?;
     let params = parse_overrides(&args.set)?;
     let model = args.model.load()?;
+    ids.check_vocab(model.config.vocab_size, &args.ids_file)?;
+    if let Some(note) = args.budget.cap_note(&[ids.context.len() as i64]) {
+        kvcat_core::loading::warn_once(&note);
+    }
     let out = compress_ids(
         &model,
         &ids,

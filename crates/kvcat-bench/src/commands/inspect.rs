@@ -24,6 +24,7 @@ pub struct ForwardArgs {
 pub fn forward(args: ForwardArgs) -> anyhow::Result<()> {
     let ids = IdsFile::read(&args.ids_file)?;
     let model = args.model.load()?;
+    ids.check_vocab(model.config.vocab_size, &args.ids_file)?;
     let all: Vec<i64> = ids
         .context
         .iter()

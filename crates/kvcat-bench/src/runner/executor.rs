@@ -32,7 +32,8 @@ impl CellContext<'_> {
         self.cell.compressor.map(|k| &self.manifest.compressor[k])
     }
     /// Stamps the cell's identity columns (run, cell, model, policy, compressor, budget,
-    /// task, seed, git revision) onto a row, overwriting whatever the executor put there.
+    /// task, seed, build revision, kvcat version) onto a row, overwriting whatever the
+    /// executor put there. Measured columns and `notes` are the executor's.
     pub fn stamp(&self, row: &mut ResultRow) {
         let task = self.task();
         row.run_id = self.run_id.to_string();
@@ -56,6 +57,7 @@ impl CellContext<'_> {
         row.query_aware = task.query_aware;
         row.seed = task.seed;
         row.git_rev = self.git_rev.to_string();
+        row.kvcat_version = crate::results::KVCAT_VERSION.to_string();
     }
 }
 

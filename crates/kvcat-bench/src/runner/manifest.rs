@@ -52,6 +52,7 @@ use kvcat_core::compressor::build_compressor;
 use kvcat_core::device::{parse_dtype, DeviceChoice};
 use kvcat_core::policy::build_policy;
 use kvcat_core::task::build_task;
+use kvcat_core::toml_paths::{self, KeyPath};
 use kvcat_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::ops::Range;
@@ -205,6 +206,25 @@ struct RawTask {
     metric: Option<Spanned<String>>,
 }
 
+/// Where the manifest has tables and arrays of tables: a value of another kind there is
+/// refused ([`toml_paths::check_shape`]) instead of being read by position.
+const MANIFEST_SHAPE: &str = r#"
+train = {}
+[[model]]
+pretrain = {}
+[[policy]]
+params = {}
+train = {}
+[[compressor]]
+params = {}
+[[task]]
+params = {}
+"#;
+
+fn manifest_shape() -> toml::Table {
+    toml::from_str(MANIFEST_SHAPE).unwrap_or_default()
+}
+
 /// 1-based line and column of byte `offset` in `text` (columns count characters).
 pub fn line_col(text: &str, offset: usize) -> (usize, usize) {
     let offset = offset.min(text.len());
@@ -240,6 +260,66 @@ impl Locator<'_> {
             field: field.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// Splits a training error's reason `field `a.b`: why` into the key path and the rest.
+fn field_of(reason: &str) -> Option<(KeyPath, String)> {
+    let rest = reason.strip_prefix("field `")?;
+    let (path, why) = rest.split_once("`: ")?;
+    Some((KeyPath::parse(path), why.to_string()))
+}
+
+/// Points an error from building a training job's config at the manifest: at the key
+/// (`model[0].pretrain.model.config.head_dim`, `policy[1].train.optim.lr`, `train.steps`)
+/// when the manifest writes it, else at the table the job was built from.
+fn locate_training_error(loc: &Locator, raw: &RawManifest, e: Error) -> Error {
+    let (job, field, reason) = match e {
+        Error::Config {
+            file,
+            field,
+            reason,
+        } => (file, field, reason),
+        other => return loc.at(None, "train", other.to_string()),
+    };
+    let (path, reason) = match field_of(&reason) {
+        Some((p, why)) if field.is_empty() || field == "train" => (p, why),
+        _ if field == "train" => (KeyPath::default(), reason),
+        _ => (KeyPath::parse(&field), reason),
+    };
+    let label = job.strip_prefix("training job ").unwrap_or(&job);
+    let (model, policy) = label.split_once('/').unwrap_or((label, ""));
+    let key = |base: &str| KeyPath::parse(base).join(&path);
+    let mut candidates: Vec<(KeyPath, Option<Range<usize>>)> = Vec::new();
+    if policy == "pretrain" {
+        if let Some((i, m)) = raw
+            .model
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.name.get_ref().trim() == model)
+        {
+            candidates.push((
+                key(&format!("model[{i}].pretrain")),
+                m.pretrain.as_ref().map(|p| p.span()),
+            ));
+        }
+    } else {
+        for (j, p) in raw.policy.iter().enumerate() {
+            if p.name.get_ref() == policy {
+                candidates.push((key(&format!("policy[{j}].train")), None));
+            }
+        }
+        candidates.push((key("train"), raw.train.as_ref().map(|t| t.span())));
+    }
+    let reason = format!("training job {label}: {reason}");
+    for (full, _) in &candidates {
+        if let Some(span) = toml_paths::span_of(loc.text, full) {
+            return loc.at(Some(span), full.to_string(), reason);
+        }
+    }
+    match candidates.into_iter().rev().find(|(_, s)| s.is_some()) {
+        Some((full, span)) => loc.at(span, full.to_string(), reason),
+        None => loc.at(None, "train", reason),
     }
 }
 
@@ -304,13 +384,24 @@ impl Manifest {
     /// `build`, every budget, device and dtype, task sizes, and name uniqueness.
     pub fn parse(text: &str, file: &str) -> Result<Manifest> {
         let loc = Locator { file, text };
+        let table: toml::Table =
+            toml::from_str(text).map_err(|e| loc.at(e.span(), "(syntax)", e.message().trim()))?;
+        if let Err(e) = toml_paths::check_shape(&table, &manifest_shape()) {
+            let span = toml_paths::span_of(text, &e.path);
+            return Err(loc.at(span, e.path.to_string(), e.reason));
+        }
         let raw: RawManifest = toml::from_str(text).map_err(|e| {
-            let field = if e.message().contains("unknown field") {
-                "(schema)"
-            } else {
-                "(syntax)"
-            };
-            loc.at(e.span(), field, e.message().trim())
+            let field = e
+                .span()
+                .and_then(|s| toml_paths::path_at(text, s.start))
+                .map(|p| p.to_string())
+                .filter(|p| !p.is_empty())
+                .unwrap_or_else(|| "(schema)".into());
+            let mut reason = e.message().trim().to_string();
+            if reason.starts_with("missing field `name`") {
+                reason.push_str(" (a registered name; `kvcat list` shows them all)");
+            }
+            loc.at(e.span(), field, reason)
         })?;
 
         let device = match &raw.device {
@@ -567,7 +658,7 @@ impl Manifest {
 
         let seeds = parse_seeds(&raw, &loc)?;
         let manifest = Manifest {
-            name: raw.name.unwrap_or_else(|| {
+            name: raw.name.clone().unwrap_or_else(|| {
                 Path::new(file)
                     .file_stem()
                     .map(|s| s.to_string_lossy().into_owned())
@@ -589,24 +680,8 @@ impl Manifest {
             task: tasks,
         };
         // Training tables are checked by building every checkpoint's training config.
-        super::checkpoints::plan_checkpoints(&manifest).map_err(|e| {
-            let reason = match e {
-                Error::Config { file, reason, .. } => format!("{file}: {reason}"),
-                other => other.to_string(),
-            };
-            // A pretraining table's error points at that model's `pretrain`.
-            let pretrain = raw.model.iter().enumerate().find_map(|(i, m)| {
-                let label = format!("training job {}/pretrain:", m.name.get_ref().trim());
-                match &m.pretrain {
-                    Some(p) if reason.starts_with(&label) => Some((i, p.span())),
-                    _ => None,
-                }
-            });
-            match pretrain {
-                Some((i, span)) => loc.at(Some(span), format!("model[{i}].pretrain"), reason),
-                None => loc.at(raw.train.as_ref().map(|t| t.span()), "train", reason),
-            }
-        })?;
+        super::checkpoints::plan_checkpoints(&manifest)
+            .map_err(|e| locate_training_error(&loc, &raw, e))?;
         Ok(manifest)
     }
 

@@ -4,7 +4,9 @@
 //! - [`manifest`]: schema, span-aware parsing, validation against the registries.
 //! - [`checkpoints`], [`grid`]: training jobs, checkpoints and content-hashed cells.
 //! - [`shard`]: deterministic balanced slices (`--shard i/n`, Slurm arrays).
-//! - [`store`]: `manifest.toml`, `results.csv` and the `cells.done` journal.
+//! - [`store`]: `manifest.toml`, `results.csv` and the `cells.done` journal, under the
+//!   directory's writer lock.
+//! - [`failures`]: `failed.csv`, the cells that failed and are retried on the next run.
 //! - [`executor`]: the trait that trains a checkpoint and evaluates a cell; [`real`] is the
 //!   implementation over `kvcat_bench::train` and `kvcat_bench::evaluate`.
 //! - [`merge`]: joining shard directories.
@@ -13,6 +15,7 @@
 pub mod checkpoints;
 pub mod estimate;
 pub mod executor;
+pub mod failures;
 pub mod grid;
 mod lock;
 pub mod manifest;
@@ -29,6 +32,7 @@ pub use shard::Shard;
 pub use store::ResultStore;
 
 use checkpoints::{Init, Weights};
+use failures::FailureLog;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use kvcat_core::{Error, Result};
 use std::path::{Path, PathBuf};
@@ -80,6 +84,8 @@ pub struct BenchSummary {
     pub rows: usize,
     /// Cells that failed, with their error.
     pub failed: Vec<(String, String)>,
+    /// Cells that `failed.csv` listed as failed when this run started (all are retried).
+    pub previously_failed: usize,
     /// Training jobs run now, and reused from the cache.
     pub trained: usize,
     pub reused: usize,
@@ -161,7 +167,10 @@ impl Checkpoints<'_> {
             pb.set_prefix(format!("train {}", job.label));
             Plain::new(progress).line(format!("training {} …", job.label));
             let t0 = Instant::now();
-            let trained = exec.train(job, init.as_deref(), &tmp, &pb);
+            let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                exec.train(job, init.as_deref(), &tmp, &pb)
+            }))
+            .unwrap_or_else(|p| Err(Error::invalid(format!("panicked: {}", panic_message(p)))));
             pb.finish_and_clear();
             bars.remove(&pb);
             trained?;
@@ -283,7 +292,9 @@ pub fn cell_label(m: &Manifest, grid: &Grid, cell: &Cell) -> String {
 
 /// Runs (the shard of) a manifest into `opts.out`: trains or reuses every checkpoint the
 /// shard needs, evaluates every unfinished cell in grid order, and appends each finished
-/// cell durably. A failed cell is reported and left unfinished (a re-run retries it).
+/// cell durably. A failed cell (an error, or a panic inside the executor such as libtorch's
+/// CUDA out-of-memory) is reported, recorded in `failed.csv` with its message, and left
+/// unfinished: the sweep goes on, and a re-run retries it.
 pub fn run_bench(
     m: &Manifest,
     opts: &BenchOptions,
@@ -295,7 +306,9 @@ pub fn run_bench(
     let mut store = ResultStore::open(&opts.out, m)?;
     let cells = shard_cells(&grid, opts.shard);
     let todo: Vec<&Cell> = cells.iter().filter(|c| !store.is_done(&c.id)).collect();
+    let (mut failures, previously_failed) = FailureLog::open(&opts.out, |id| store.is_done(id))?;
     let mut summary = BenchSummary {
+        previously_failed: previously_failed.len(),
         run_id: run_id.clone(),
         grid_cells: grid.cells.len(),
         shard_cells: cells.len(),
@@ -334,6 +347,7 @@ pub fn run_bench(
         pb.set_prefix(m.name.clone());
         pb.enable_steady_tick(Duration::from_millis(500));
         let git_rev = git_rev().to_string();
+        let mut announced = std::collections::HashSet::new();
         let mut i = 0;
         while i < todo.len() {
             let allowance = match opts.max_cells {
@@ -363,47 +377,37 @@ pub fn run_bench(
             } else {
                 label
             });
-            let outcomes: Vec<Result<CellOutput>> =
-                match ckpts.weights(first.checkpoint, exec, &bars, opts.progress) {
-                    Err(e) => group
-                        .iter()
-                        .map(|_| Err(Error::invalid(e.to_string())))
-                        .collect(),
-                    Ok(weights) => {
-                        let ctxs: Vec<CellContext> = group
-                            .iter()
-                            .map(|cell| CellContext {
-                                manifest: m,
-                                run_id: &run_id,
-                                cell,
-                                checkpoint: &grid.checkpoints[cell.checkpoint],
-                                weights: &weights,
-                                git_rev: &git_rev,
-                            })
-                            .collect();
-                        let mut outs = exec.evaluate_group(&ctxs);
-                        outs.resize_with(ctxs.len(), || {
-                            Err(Error::invalid("the executor returned no outcome"))
-                        });
-                        outs.into_iter()
-                            .zip(&ctxs)
-                            .map(|(o, ctx)| {
-                                let mut out = o?;
-                                if out.rows.is_empty() {
-                                    return Err(Error::invalid("the evaluation produced no rows"));
-                                }
-                                for r in &mut out.rows {
-                                    ctx.stamp(r);
-                                }
-                                for e in &mut out.examples {
-                                    e.cell_id = ctx.cell.id.clone();
-                                }
-                                Ok(out)
-                            })
-                            .collect()
+            let weights = ckpts.weights(first.checkpoint, exec, &bars, opts.progress);
+            let outcomes: Vec<Result<CellOutput>> = match &weights {
+                Err(e) => {
+                    // Said once per checkpoint, not once per cell.
+                    let ck = &grid.checkpoints[first.checkpoint];
+                    if announced.insert(first.checkpoint) {
+                        say(&bars, &plain, &format!("{e}; its cells are marked failed"));
                     }
-                };
+                    let msg = format!("checkpoint {}/{} unavailable: {e}", ck.model, ck.policy);
+                    group
+                        .iter()
+                        .map(|_| Err(Error::invalid(msg.clone())))
+                        .collect()
+                }
+                Ok(w) => {
+                    let ctxs: Vec<CellContext> = group
+                        .iter()
+                        .map(|cell| CellContext {
+                            manifest: m,
+                            run_id: &run_id,
+                            cell,
+                            checkpoint: &grid.checkpoints[cell.checkpoint],
+                            weights: w,
+                            git_rev: &git_rev,
+                        })
+                        .collect();
+                    evaluate_contexts(exec, &ctxs)
+                }
+            };
             for (cell, outcome) in group.iter().zip(outcomes) {
+                let label = cell_label(m, &grid, cell);
                 match outcome {
                     Ok(out) => {
                         store.append_cell(&cell.id, &out.rows, &out.examples)?;
@@ -411,10 +415,14 @@ pub fn run_bench(
                         summary.rows += out.rows.len();
                     }
                     Err(e) => {
-                        let label = cell_label(m, &grid, cell);
-                        let _ = bars.println(format!("cell {} ({label}) failed: {e}", cell.id));
-                        plain.line(format!("cell {} ({label}) failed: {e}", cell.id));
-                        tracing::error!("cell {} ({label}) failed: {e}", cell.id);
+                        if weights.is_ok() {
+                            say(
+                                &bars,
+                                &plain,
+                                &format!("cell {} ({label}) failed: {e}", cell.id),
+                            );
+                        }
+                        failures.record(&cell.id, &label, &e.to_string())?;
                         summary
                             .failed
                             .push((cell.id.clone(), format!("{label}: {e}")));
@@ -430,16 +438,69 @@ pub fn run_bench(
         }
         pb.finish_and_clear();
     }
+    failures.compact(|id| store.is_done(id))?;
     summary.trained = ckpts.trained;
     summary.reused = ckpts.reused;
     summary.seconds = t0.elapsed().as_secs_f64();
     Ok(summary)
 }
 
-/// The git revision, read once per process (rows of one process never disagree).
+/// Prints a line once, above the bars (terminal) or as a plain log line (otherwise).
+fn say(bars: &MultiProgress, plain: &Plain, msg: &str) {
+    let _ = bars.println(msg);
+    plain.line(msg);
+    tracing::error!("{msg}");
+}
+
+/// The text of a panic payload.
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(s) => *s,
+        Err(p) => match p.downcast::<&str>() {
+            Ok(s) => s.to_string(),
+            Err(_) => "unknown panic".into(),
+        },
+    }
+}
+
+/// Evaluates a group of cells, one outcome per cell, with identity columns stamped. A panic
+/// inside the executor (tch turns libtorch exceptions such as CUDA out-of-memory into panics)
+/// becomes every cell's error instead of ending the sweep.
+fn evaluate_contexts(exec: &mut dyn CellExecutor, ctxs: &[CellContext]) -> Vec<Result<CellOutput>> {
+    let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| exec.evaluate_group(ctxs)));
+    let mut outs = match run {
+        Ok(outs) => outs,
+        Err(payload) => {
+            let msg = format!("panicked: {}", panic_message(payload));
+            ctxs.iter()
+                .map(|_| Err(Error::invalid(msg.clone())))
+                .collect()
+        }
+    };
+    outs.resize_with(ctxs.len(), || {
+        Err(Error::invalid("the executor returned no outcome"))
+    });
+    outs.into_iter()
+        .zip(ctxs)
+        .map(|(o, ctx)| {
+            let mut out = o?;
+            if out.rows.is_empty() {
+                return Err(Error::invalid("the evaluation produced no rows"));
+            }
+            for r in &mut out.rows {
+                ctx.stamp(r);
+            }
+            for e in &mut out.examples {
+                e.cell_id = ctx.cell.id.clone();
+            }
+            Ok(out)
+        })
+        .collect()
+}
+
+/// The revision kvcat was built from (embedded by `build.rs`), which every row records.
 pub fn git_rev() -> &'static str {
-    static REV: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    REV.get_or_init(crate::results::git_revision)
+    env!("KVCAT_BUILD_REV")
 }
 
 /// The default checkpoint cache of a results directory.

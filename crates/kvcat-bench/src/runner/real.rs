@@ -10,13 +10,15 @@ use super::executor::{CellContext, CellExecutor, CellOutput};
 use super::manifest::Manifest;
 use super::training::train_config;
 use crate::evaluate::{
-    check_task_fits, evaluate_budgets, prepare, CellInfo, EvalOptions, EvalResult, Prepared,
+    check_task_fits, context_len, evaluate_budgets, prepare, CellInfo, EvalOptions, EvalResult,
+    Prepared,
 };
-use crate::results::ExampleScore;
+use crate::results::{join_notes, ExampleScore};
 use crate::train::{train, StepLog, TrainRunOptions};
 use indicatif::ProgressBar;
 use kvcat_core::compressor::build_compressor;
 use kvcat_core::device::{default_dtype, device_name, dtype_name, parse_dtype, DeviceChoice};
+use kvcat_core::loading::warn_once;
 use kvcat_core::task::build_task;
 use kvcat_core::{Error, Model, Result};
 use std::collections::HashMap;
@@ -101,6 +103,7 @@ impl RealExecutor {
             .map(|c| build_compressor(&c.name, &c.params))
             .transpose()?;
         let budgets: Vec<_> = ctxs.iter().map(|c| c.cell.budget).collect();
+        crate::results::reset_device_peak(self.device);
         let results =
             evaluate_budgets(model, tok, prepared, compressor.as_deref(), &budgets, &opts)?;
         if results.len() != ctxs.len() {
@@ -115,11 +118,24 @@ impl RealExecutor {
             dtype: dtype_name(self.kind).to_string(),
             ..Default::default()
         };
+        let lengths: Vec<i64> = prepared.iter().map(context_len).collect();
         Ok(results
             .iter()
-            .map(|r| CellOutput {
-                rows: r.rows(&info),
-                examples: example_scores(r),
+            .zip(&budgets)
+            .map(|(r, b)| {
+                let mut notes = model.notes.clone();
+                if compressor.is_some() {
+                    notes.extend(b.cap_note(&lengths).map(|n| warn_once(&n)));
+                }
+                let notes = join_notes(notes.iter().map(String::as_str));
+                let mut rows = r.rows(&info);
+                for row in &mut rows {
+                    row.notes = notes.clone();
+                }
+                CellOutput {
+                    rows,
+                    examples: example_scores(r),
+                }
             })
             .collect())
     }

@@ -14,7 +14,13 @@
 //! per-example scores); they still recover, and a resumed run adds the file.
 //!
 //! The resolved manifest is saved first; a directory made by a different manifest is refused.
+//!
+//! One process writes a directory at a time: an open store holds the directory's writer lock
+//! ([`super::lock::DirLock`], `writer.lock`), taken before anything is read or written, so a
+//! second `kvcat bench` (or `kvcat merge`) on the same directory fails at once, naming the
+//! holder, and the first finishes a directory that resumes and reports as usual.
 
+use super::lock::DirLock;
 use super::manifest::Manifest;
 use crate::results::{ExampleScore, ResultRow};
 use kvcat_core::{Error, Result};
@@ -87,6 +93,8 @@ pub struct Recovered {
     pub examples_len: u64,
     /// Byte length of `cells.done` holding exactly the complete journal lines.
     pub journal_len: u64,
+    /// Whether `results.csv` has an older kvcat's header (fewer columns).
+    pub old_header: bool,
 }
 
 impl Recovered {
@@ -162,40 +170,39 @@ fn read_journal(jpath: &Path) -> Result<(Vec<JournalEntry>, u64)> {
 }
 
 /// Reads the records of the finished cells from a headed CSV, in journal order: `counts[i]`
-/// records of cell `ids[i]`, each carrying that cell id. Returns each cell's records and the
+/// records of cell `ids[i]`, each carrying that cell id. Returns each cell's records, the
 /// byte length of the file holding exactly them (0 when the file is absent and no record is
-/// expected).
+/// expected), and whether the file has an older kvcat's header (a prefix of `header`).
 fn read_cell_records<T: DeserializeOwned>(
     path: &Path,
     header: &str,
     expected: &[(&str, usize)],
     cell_of: impl Fn(&T) -> &str,
-) -> Result<(Vec<Vec<T>>, u64)> {
+) -> Result<(Vec<Vec<T>>, u64, bool)> {
     let total: usize = expected.iter().map(|(_, n)| n).sum();
     let Some(bytes) = read_bytes(path)? else {
         if total == 0 {
-            return Ok((expected.iter().map(|_| Vec::new()).collect(), 0));
+            return Ok((expected.iter().map(|_| Vec::new()).collect(), 0, false));
         }
         return Err(Error::Format {
             file: path.display().to_string(),
             reason: format!("missing, but {JOURNAL_FILE} lists {total} records in it"),
         });
     };
-    let header_len = header.len() + 1;
-    if bytes.len() < header_len
-        || &bytes[..header.len()] != header.as_bytes()
-        || bytes[header.len()] != b'\n'
-    {
+    let current = header;
+    let header = file_header(&bytes, current).ok_or_else(|| {
         let got = String::from_utf8_lossy(&bytes)
             .lines()
             .next()
             .unwrap_or_default()
             .to_string();
-        return Err(Error::Format {
+        Error::Format {
             file: path.display().to_string(),
-            reason: format!("unexpected header (written by another kvcat version?)\n  expected: {header}\n  found:    {got}"),
-        });
-    }
+            reason: format!("unexpected header (written by another kvcat version?)\n  expected: {current}\n  found:    {got}"),
+        }
+    })?;
+    let header_len = header.len() + 1;
+
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(false)
         .from_reader(&bytes[header_len..]);
@@ -233,7 +240,7 @@ fn read_cell_records<T: DeserializeOwned>(
         }
         cells.push(records);
     }
-    Ok((cells, header_len as u64 + end))
+    Ok((cells, header_len as u64 + end, header != current))
 }
 
 /// Reads the finished cells of `dir` without changing anything.
@@ -241,7 +248,7 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
     let (journal, journal_len) = read_journal(&dir.join(JOURNAL_FILE))?;
     let rows_expected: Vec<(&str, usize)> =
         journal.iter().map(|e| (e.id.as_str(), e.rows)).collect();
-    let (rows, csv_len) = read_cell_records(
+    let (rows, csv_len, old_header) = read_cell_records(
         &dir.join(RESULTS_FILE),
         &csv_header(),
         &rows_expected,
@@ -251,19 +258,38 @@ pub fn recover(dir: &Path) -> Result<Recovered> {
         .iter()
         .map(|e| (e.id.as_str(), e.examples))
         .collect();
-    let (cell_examples, examples_len) = read_cell_records(
+    let (cell_examples, examples_len, old_examples_header) = read_cell_records(
         &dir.join(EXAMPLES_FILE),
         &examples_header(),
         &examples_expected,
         |r: &ExampleScore| r.cell_id.as_str(),
     )?;
+    if old_examples_header {
+        // Only `results.csv` is upgraded in place; `examples.csv` has had one header.
+        return Err(Error::Format {
+            file: dir.join(EXAMPLES_FILE).display().to_string(),
+            reason: format!("unexpected header\n  expected: {}", examples_header()),
+        });
+    }
     Ok(Recovered {
         cells: journal.iter().map(|e| e.id.clone()).zip(rows).collect(),
         cell_examples,
         csv_len,
         examples_len,
         journal_len,
+        old_header,
     })
+}
+
+/// The header line of a `results.csv` (without its newline): today's, or an older kvcat's,
+/// whose columns are a prefix of today's (columns are only ever appended; the missing ones
+/// read as their defaults). `None` for anything else.
+fn file_header(csv_bytes: &[u8], current: &str) -> Option<String> {
+    let end = csv_bytes.iter().position(|&b| b == b'\n')?;
+    let line = std::str::from_utf8(&csv_bytes[..end]).ok()?;
+    let is_prefix = current.starts_with(line)
+        && (line.len() == current.len() || current.as_bytes()[line.len()] == b',');
+    (is_prefix && line.contains(',')).then(|| line.to_string())
 }
 
 /// Writes `text` to `path` atomically (temporary file, fsync, rename, fsync of the directory).
@@ -326,8 +352,23 @@ pub fn claim_dir(dir: &Path, manifest_text: &str) -> Result<()> {
     Ok(())
 }
 
+/// Rewrites an older kvcat's `results.csv` with today's header and its finished rows (new
+/// columns empty), atomically, so that appended rows match the header.
+fn upgrade_csv(dir: &Path, recovered: &Recovered) -> Result<()> {
+    let path = dir.join(RESULTS_FILE);
+    tracing::warn!(
+        "{}: adding the columns of this kvcat version",
+        path.display()
+    );
+    let mut text = format!("{}\n", csv_header()).into_bytes();
+    text.extend(rows_to_csv(&recovered.rows())?);
+    write_atomic(&path, &text)
+}
+
 /// An open results directory that appends finished cells durably.
 pub struct ResultStore {
+    /// Held while the store is open; dropping the store releases it.
+    _lock: DirLock,
     dir: PathBuf,
     csv: File,
     examples: File,
@@ -373,6 +414,8 @@ impl ResultStore {
 
     /// [`ResultStore::open`] with the resolved manifest's saved text.
     pub fn open_text(dir: &Path, manifest_text: &str) -> Result<ResultStore> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        let lock = DirLock::acquire(dir)?;
         claim_dir(dir, manifest_text)?;
         let cpath = dir.join(RESULTS_FILE);
         let epath = dir.join(EXAMPLES_FILE);
@@ -386,7 +429,11 @@ impl ResultStore {
         if !jpath.exists() {
             write_atomic(&jpath, b"")?;
         }
-        let recovered = recover(dir)?;
+        let mut recovered = recover(dir)?;
+        if recovered.old_header {
+            upgrade_csv(dir, &recovered)?;
+            recovered = recover(dir)?;
+        }
         let csv = open_truncated(&cpath, recovered.csv_len)?;
         let examples = open_truncated(&epath, recovered.examples_len)?;
         let journal = open_truncated(&jpath, recovered.journal_len)?;
@@ -396,6 +443,7 @@ impl ResultStore {
             .map(|(id, r)| (id.clone(), r.len()))
             .collect();
         Ok(ResultStore {
+            _lock: lock,
             dir: dir.to_path_buf(),
             csv,
             examples,

@@ -94,9 +94,14 @@ pub fn build_config(
     t.entry("dtype").or_insert_with(|| m.dtype.clone().into());
     t.entry("seed")
         .or_insert_with(|| toml::Value::Integer(m.seed as i64));
-    let cfg: TrainConfig = toml::Value::Table(t)
-        .try_into()
-        .map_err(|e: toml::de::Error| cfg_err(label, e.message().trim()))?;
+    let cfg = TrainConfig::from_table(&t).map_err(|e| Error::Config {
+        file: format!("training job {label}"),
+        field: match e.path.0.is_empty() {
+            true => "train".into(),
+            false => e.path.to_string(),
+        },
+        reason: e.reason,
+    })?;
     cfg.validate()
         .map_err(|e| cfg_err(label, format!("{e:#}")))?;
     Ok(cfg)

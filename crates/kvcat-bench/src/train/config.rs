@@ -2,6 +2,7 @@
 //! its validation, and its content hash for checkpoint caching.
 
 use anyhow::{bail, ensure, Context};
+use kvcat_core::toml_paths::{check_shape, from_table, span_of, PathError};
 use kvcat_core::{Budget, LlamaConfig};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -296,11 +297,45 @@ impl TrainConfig {
         Self::from_toml_str(&text).with_context(|| format!("in {}", path.display()))
     }
 
-    /// Parses TOML text and validates it.
+    /// Parses TOML text and validates it. An array where a table belongs (`optim = [0.5]`)
+    /// is refused, naming the key and its `line:column`, rather than read by position.
     pub fn from_toml_str(text: &str) -> anyhow::Result<Self> {
+        let table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        if let Err(e) = check_shape(&table, &Self::shape()) {
+            let at = span_of(text, &e.path)
+                .map(|s| {
+                    let before = &text[..s.start];
+                    let line = before.matches('\n').count() + 1;
+                    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+                    format!("line {line}, column {col}: ")
+                })
+                .unwrap_or_default();
+            bail!("{at}{e}");
+        }
         let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
         cfg.validate()?;
         Ok(cfg)
+    }
+
+    /// Reads a config from a TOML table (a manifest's training section, after merging), with
+    /// errors at the key path inside it; not validated (call [`TrainConfig::validate`]).
+    pub fn from_table(table: &toml::Table) -> Result<Self, PathError> {
+        from_table(table, &Self::shape())
+    }
+
+    /// The shape every config is checked against ([`kvcat_core::toml_paths::check_shape`]):
+    /// the default config with every optional table present, so each table-typed key is
+    /// known to be one.
+    pub fn shape() -> toml::Table {
+        let mut cfg = TrainConfig::default();
+        cfg.data.synthetic_task = Some(SyntheticTask {
+            name: String::new(),
+            params: toml::Table::new(),
+        });
+        match toml::Value::try_from(&cfg) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        }
     }
 
     /// The TOML form of the resolved configuration.

@@ -155,9 +155,12 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Model> {
             ),
         ));
     }
-    let cfg = LlamaConfig::from_hf_json(&cfg_path)?;
+    let (cfg, mut notes) = LlamaConfig::from_hf_json_noted(&cfg_path)?;
     let files = shard_files(dir)?;
     let tensors = read_tensors(&files)?;
+    if cfg.tie_word_embeddings {
+        notes.extend(untied_head_note(&tensors, &cfg_path));
+    }
     let vs = nn::VarStore::new(device);
     let net = Llama::for_loading(&vs.root(), &cfg);
     let optional: &[&str] = if cfg.tie_word_embeddings {
@@ -174,7 +177,14 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Model> {
     };
     let unused = fill_vars(&vs, tensors, &listing.display().to_string(), optional)?;
     if !unused.is_empty() {
-        tracing::warn!(dir = %dir.display(), "unused tensors in checkpoint: {}", unused.join(", "));
+        notes.push(format!(
+            "{}: unused tensors in checkpoint: {}",
+            dir.display(),
+            unused.join(", ")
+        ));
+    }
+    for n in &notes {
+        super::warn_once(n);
     }
     let tok_path = dir.join("tokenizer.json");
     let tokenizer = if tok_path.exists() {
@@ -187,5 +197,24 @@ pub fn load_model(dir: &Path, device: Device) -> Result<Model> {
         net,
         tokenizer,
         source: dir.display().to_string(),
+        notes,
+    })
+}
+
+/// With `tie_word_embeddings = true` the model projects with `embed_tokens` and has no
+/// `lm_head`; a checkpoint that still holds an `lm_head.weight` *different* from the
+/// embeddings would give other logits in a loader that used it, so it is named (an identical
+/// copy, as some exporters write, is silently fine).
+fn untied_head_note(tensors: &HashMap<String, (Tensor, String)>, cfg: &Path) -> Option<String> {
+    let (head, file) = tensors.get("lm_head.weight")?;
+    let same = tensors
+        .get("model.embed_tokens.weight")
+        .is_some_and(|(e, _)| e.size() == head.size() && e.equal(head));
+    (!same).then(|| {
+        format!(
+            "{}: `tie_word_embeddings` is true, so `lm_head.weight` in {file} (which differs from \
+             the embeddings) is ignored; set it to false to use that head",
+            cfg.display()
+        )
     })
 }

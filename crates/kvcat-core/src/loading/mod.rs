@@ -20,6 +20,25 @@ pub struct Model {
     pub tokenizer: Option<Tokenizer>,
     /// Where it came from (a path, or `scratch`).
     pub source: String,
+    /// What loading assumed or ignored that bears on results (a config default filled in,
+    /// a tensor ignored), each already said once on stderr; result rows carry them.
+    pub notes: Vec<String>,
+}
+
+/// Says `msg` on stderr as a warning, once per process however often it is called (a sweep
+/// loads a model many times), and returns it for a row's `notes`.
+pub fn warn_once(msg: &str) -> String {
+    use std::collections::BTreeSet;
+    use std::sync::Mutex;
+    static SAID: Mutex<BTreeSet<String>> = Mutex::new(BTreeSet::new());
+    let first = SAID
+        .lock()
+        .map(|mut s| s.insert(msg.to_string()))
+        .unwrap_or(true);
+    if first {
+        eprintln!("warning: {msg}");
+    }
+    msg.to_string()
 }
 
 impl Deref for Model {
@@ -41,6 +60,7 @@ impl Model {
             net,
             tokenizer: None,
             source: "scratch".into(),
+            notes: vec![],
         })
     }
 
@@ -83,13 +103,32 @@ impl Model {
             v.sort_by(|a, b| a.0.cmp(&b.0));
             v
         };
-        tch::Tensor::write_safetensors(&vars, &tmp)?;
+        write_safetensors(&vars, &tmp)?;
         rename(&tmp, &dir.join("model.safetensors"))?;
         if let Some(tok) = &self.tokenizer {
             tok.save(&dir.join("tokenizer.json"))?;
         }
         Ok(())
     }
+}
+
+/// Writes named tensors to a safetensors file. A failed write is an [`Error::Io`] naming
+/// the file and the OS error (`…: No space left on device (os error 28)`): tch reports it as
+/// the Debug form of its safetensors 0.3 error (`IoError(Os { code: 28, … })`), a type this
+/// crate cannot name, so the OS error code is read back from that text.
+pub fn write_safetensors(vars: &[(String, tch::Tensor)], path: &Path) -> Result<()> {
+    tch::Tensor::write_safetensors(vars, path).map_err(|e| {
+        let text = e.to_string();
+        let code = text
+            .split("code: ")
+            .nth(1)
+            .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+            .and_then(|d| d.parse::<i32>().ok());
+        match code {
+            Some(c) => Error::io(path, std::io::Error::from_raw_os_error(c)),
+            None => Error::Torch(e),
+        }
+    })
 }
 
 /// Writes `bytes` to `path` through a temporary file and a rename, so readers never see a

@@ -72,5 +72,6 @@ pub fn load_model(path: &Path, device: Device) -> Result<Model> {
         net,
         tokenizer,
         source: file,
+        notes: vec![],
     })
 }
