@@ -14,7 +14,7 @@ use kvcat_bench::runner::checkpoints::TrainJob;
 use kvcat_bench::runner::failures::{read_failed, FAILED_FILE};
 use kvcat_bench::runner::manifest::Manifest;
 use kvcat_bench::runner::store::recover;
-use kvcat_bench::runner::{run_bench, CellContext, CellExecutor, Grid};
+use kvcat_bench::runner::{run_bench, CellContext, CellExecutor, CellOutput, Grid};
 use kvcat_core::{Error, Result};
 use runner_support::{options, temp_dir, FakeExecutor, MINI};
 use std::path::Path;
@@ -42,7 +42,7 @@ impl CellExecutor for Injecting {
         self.inner.train(job, init, out, pb)
     }
 
-    fn evaluate(&mut self, ctx: &CellContext) -> Result<Vec<ResultRow>> {
+    fn evaluate(&mut self, ctx: &CellContext) -> Result<CellOutput> {
         if ctx.cell.id == self.panic_on {
             panic!("Torch(\"CUDA out of memory. Tried to allocate 2.00 GiB\")");
         }
