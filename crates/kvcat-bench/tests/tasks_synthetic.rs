@@ -96,10 +96,10 @@ fn mqar_training_rows() {
     let tok = tokenizer();
     let t = task("mqar", "context_len = 64");
     let a = t.training_row(&tok, 96, 5, 0).unwrap();
-    assert_eq!(a.len(), 96);
+    assert_eq!(a.ids.len(), 96);
     assert_eq!(a, t.training_row(&tok, 96, 5, 0).unwrap());
     assert_ne!(a, t.training_row(&tok, 96, 6, 0).unwrap());
-    let text = tok.decode(&a).unwrap();
+    let text = tok.decode(&a.ids).unwrap();
     let lines: Vec<&str> = text.lines().collect();
     // Every complete line after the first occurrence of its key repeats the same value.
     let mut seen = std::collections::HashMap::new();
