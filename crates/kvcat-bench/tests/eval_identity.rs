@@ -52,7 +52,7 @@ fn full_budget_through_the_compressor_equals_no_compression() {
         .examples(&tok, 2, 1)
         .unwrap();
     examples.extend(
-        task("mqar", "context_len = 200")
+        task("mqar", "context_len = 200\nformat = \"lines\"")
             .examples(&tok, 1, 1)
             .unwrap(),
     );

@@ -72,7 +72,7 @@ name = "knorm"
 [[task]]
 name = "mqar"
 n = 3
-params = { context_len = 96, num_queries = 2 }
+params = { context_len = 96, num_queries = 2, format = "lines" }
 
 [[task]]
 name = "ppl_continuation"
