@@ -58,6 +58,9 @@ pub struct EvalArgs {
     /// Print each example's prediction and score.
     #[arg(long)]
     pub show: bool,
+    /// Examples per prefill and per decode step (results do not depend on it).
+    #[arg(long, default_value_t = crate::evaluate::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
 }
 
 /// Parses `key=value` assignments into a TOML table. Values are TOML (`3`, `0.5`, `true`,
@@ -138,6 +141,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         query_aware: args.query_aware,
         add_bos: !args.no_bos && !bos_is_turn_start,
         seed: args.seed,
+        batch_size: args.batch_size,
     };
     let mut examples = task
         .examples(&tok, args.n, args.seed)

@@ -10,6 +10,8 @@
 //! device = "cpu"          # auto, cpu, cuda, cuda:N
 //! dtype = "f32"           # auto, f32, bf16, f16
 //! budgets = [0.1, 0.25, 0.5, "64slots"]
+//! eval_batch_size = 8     # optional: examples per prefill and decode step (results do not
+//!                         # depend on it)
 //!
 //! [[model]]
 //! name = "tiny"
@@ -68,6 +70,10 @@ pub struct Manifest {
     pub dtype: String,
     /// Budgets to sweep, deduplicated, in manifest order (budget 1.0 is the reference).
     pub budgets: Vec<Budget>,
+    /// Examples per prefill and decode step (`None`: the evaluator's default). Results do
+    /// not depend on it, so an absent value leaves the manifest hash unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_batch_size: Option<usize>,
     /// The shared continued-pretraining table (a partial `TrainConfig`).
     #[serde(default)]
     pub train: toml::Table,
@@ -145,6 +151,7 @@ struct RawManifest {
     device: Option<Spanned<String>>,
     dtype: Option<Spanned<String>>,
     budgets: Option<Spanned<Vec<Spanned<toml::Value>>>>,
+    eval_batch_size: Option<Spanned<usize>>,
     train: Option<Spanned<toml::Table>>,
     #[serde(default)]
     model: Vec<RawModel>,
@@ -266,6 +273,9 @@ impl Manifest {
             }
             None => "auto".into(),
         };
+        if let Some(b) = raw.eval_batch_size.as_ref().filter(|b| *b.get_ref() == 0) {
+            return Err(loc.at(Some(b.span()), "eval_batch_size", "must be at least 1"));
+        }
         let dtype = match &raw.dtype {
             Some(d) => {
                 parse_dtype(d.get_ref())
@@ -517,6 +527,7 @@ impl Manifest {
                     .unwrap_or_else(|| "bench".into())
             }),
             seed: raw.seed,
+            eval_batch_size: raw.eval_batch_size.as_ref().map(|b| *b.get_ref()),
             device,
             dtype,
             budgets,

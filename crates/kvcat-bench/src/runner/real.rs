@@ -83,6 +83,11 @@ impl RealExecutor {
             query_aware: spec.query_aware,
             add_bos: true,
             seed: self.manifest.seed,
+            batch_size: self
+                .manifest
+                .eval_batch_size
+                .unwrap_or(crate::evaluate::DEFAULT_BATCH_SIZE),
+            ..Default::default()
         };
         self.model(first.weights)?;
         let (_, model) = self.loaded.as_ref().expect("loaded above");
