@@ -15,7 +15,7 @@ use kvcat_core::decode::{greedy_rows, prompt_rows, target_nll_rows, RaggedBatch}
 use kvcat_core::model::{ForwardOptions, Logits};
 use kvcat_core::{Budget, CompressionInput, Compressor, Error, KvCache, Llama, Result, Tokenizer};
 use std::time::Instant;
-use tch::Tensor;
+use tch::{Device, Tensor};
 
 /// What one example produced in one cell.
 pub(super) struct RowOutcome {
@@ -159,13 +159,24 @@ fn compress_row(
         budget,
         seed,
     };
+    // CUDA runs asynchronously: without a sync, compression work would be billed to
+    // whatever synchronizes next (decoding).
+    sync(model.device());
     let t0 = Instant::now();
     let compressed = c.compress(&input)?;
+    sync(model.device());
     Ok((
         compressed.cache,
         t0.elapsed().as_secs_f64(),
         compressed.extra,
     ))
+}
+
+/// Waits for queued kernels on a CUDA device (no-op on CPU).
+fn sync(device: Device) {
+    if let Device::Cuda(index) = device {
+        tch::Cuda::synchronize(index as i64);
+    }
 }
 
 /// Mean NLL per continuation token of each row, after each row's cache in `caches`.
