@@ -7,6 +7,15 @@
 //! `seq_len`), and `max_new_tokens` are decoded greedily. Compression is query-agnostic unless
 //! [`EvalOptions::query_aware`] passes the question ids to the compressor.
 //!
+//! Generation examples are also scored by the teacher-forced likelihood of their first gold
+//! answer after the prompt (`answer_nll`, mean nats per answer token, lower is better;
+//! `answer_logprob`, the summed log-probability), a continuous metric that moves before
+//! exact match does.
+//!
+//! Examples run [`EvalOptions::batch_size`] at a time (see [`batch`]): one padded prefill per
+//! batch, every budget from it, and the batch decoded together; results equal batch size 1
+//! within float tolerance.
+//!
 //! Perplexity examples ([`Metric::Perplexity`]) instead score the NLL of their continuation
 //! after the compressed context, and beside it the NLL after the uncompressed context on the
 //! same window (`nll_full`), plus the paired difference (`nll_delta`).
@@ -14,14 +23,13 @@
 //! The runner calls [`prepare`] once per (model, task examples) and [`evaluate_budgets`] per
 //! compressor; [`EvalResult::rows`] turns a result into CSV [`ResultRow`]s.
 
-use crate::metrics::{mean_stderr, perplexity, score_text, MeanStderr};
+mod batch;
+
+use crate::metrics::{mean_stderr, perplexity, MeanStderr};
 use crate::results::{peak_memory_mb, peak_rss_mb, ResultRow, KVCAT_VERSION};
-use kvcat_core::decode::{continuation_nll, greedy};
-use kvcat_core::decode_compressing::{greedy_compressing, DecodeCompression, History, Schedule};
-use kvcat_core::model::{ForwardOptions, Logits};
+use batch::{evaluate_batch, RowOutcome};
 use kvcat_core::task::{Context, Example, Metric, Task};
-use kvcat_core::{Budget, CompressionInput, Compressor, Error, KvCache, Llama, Result, Tokenizer};
-use std::time::Instant;
+use kvcat_core::{Budget, Compressor, Error, Llama, Result, Tokenizer};
 use tch::Tensor;
 
 /// How to evaluate.
@@ -37,7 +45,13 @@ pub struct EvalOptions {
     /// ([`kvcat_core::decode_compressing`]); adds the `decode_compressions` and
     /// `decode_kv_bytes_end` metrics.
     pub compress_every: Option<usize>,
+    /// Examples per prefill and per decode step (≥ 1). Results do not depend on it beyond
+    /// float rounding; larger batches use more memory.
+    pub batch_size: usize,
 }
+
+/// The default [`EvalOptions::batch_size`].
+pub const DEFAULT_BATCH_SIZE: usize = 8;
 
 impl Default for EvalOptions {
     fn default() -> Self {
@@ -46,6 +60,7 @@ impl Default for EvalOptions {
             add_bos: true,
             seed: 0,
             compress_every: None,
+            batch_size: DEFAULT_BATCH_SIZE,
         }
     }
 }
@@ -62,6 +77,9 @@ pub struct Prepared {
     pub question: Option<Tensor>,
     /// `[1, c]` continuation ids (perplexity examples).
     pub continuation: Option<Tensor>,
+    /// `[1, a]` ids of the first gold answer as it follows the prompt, scored teacher-forced
+    /// (generation examples with a non-empty gold answer).
+    pub answer: Option<Tensor>,
     pub answers: Vec<String>,
     pub metric: Metric,
     pub max_new_tokens: usize,
@@ -160,10 +178,14 @@ pub fn prepare(
             if ctx.is_empty() {
                 return Err(Error::invalid(format!("example `{}`: empty context", e.id)));
             }
+            let answer = match perplexity {
+                true => vec![],
+                false => answer_ids(tok, e, &prompt)?,
+            };
             let needed = if perplexity {
                 ctx.len() + e.continuation.len()
             } else {
-                ctx.len() + prompt.len() + e.max_new_tokens
+                ctx.len() + prompt.len() + e.max_new_tokens.max(answer.len())
             } as i64;
             if needed > max {
                 return Err(Error::invalid(format!(
@@ -179,12 +201,41 @@ pub fn prepare(
                 prompt: ids_tensor(&prompt, model),
                 question: (!question.is_empty()).then(|| ids_tensor(&question, model)),
                 continuation: perplexity.then(|| ids_tensor(&e.continuation, model)),
+                answer: (!answer.is_empty()).then(|| ids_tensor(&answer, model)),
                 answers: e.answers.clone(),
                 metric: e.metric,
                 max_new_tokens: e.max_new_tokens,
             })
         })
         .collect()
+}
+
+/// The first gold answer's text as it follows the answer prefix, by the rule of
+/// [`Example::training_text`]: a space is inserted when there is an answer prefix and the
+/// answer does not start with whitespace (`" The pass key is" + " 7"`); with no prefix the
+/// answer follows the question as is.
+pub fn answer_text(e: &Example) -> Option<String> {
+    let a = e.answers.first().filter(|a| !a.is_empty())?;
+    let sep = !e.answer_prefix.is_empty() && !a.starts_with(char::is_whitespace);
+    Some(if sep { format!(" {a}") } else { a.clone() })
+}
+
+/// Token ids of the first gold answer as they follow `prompt` (empty when there is none).
+/// The answer is tokenized together with the question and prefix and cut after the prompt's
+/// tokens, so a byte-level BPE sees the same boundary as in running text; when the joint
+/// tokenization does not start with the prompt's tokens, the answer is tokenized alone.
+fn answer_ids(tok: &Tokenizer, e: &Example, prompt: &[i64]) -> Result<Vec<i64>> {
+    let Some(answer) = answer_text(e) else {
+        return Ok(vec![]);
+    };
+    let stem = format!("{}{}", e.question, e.answer_prefix);
+    if !stem.is_empty() {
+        let joint = tok.encode(&format!("{stem}{answer}"))?;
+        if joint.len() > prompt.len() && joint.starts_with(prompt) {
+            return Ok(joint[prompt.len()..].to_vec());
+        }
+    }
+    tok.encode(&answer)
 }
 
 /// One metric aggregated over examples.
@@ -216,7 +267,8 @@ pub struct EvalResult {
     pub metrics: Vec<MetricValue>,
     /// Mean kept fraction of the original slots (`KvCache::achieved_fraction`).
     pub budget_achieved: f64,
-    /// Mean bytes of K and V kept.
+    /// Mean bytes really held for K and V ([`kvcat_core::KvCache::held_bytes`]): a
+    /// head-varying cache counts its hidden padding slots and keep mask, not only kept slots.
     pub kv_bytes: f64,
     /// Mean seconds per compression call.
     pub compress_seconds: f64,
@@ -335,6 +387,57 @@ struct Accum {
     predictions: Vec<Prediction>,
 }
 
+impl Accum {
+    fn new(budget: Option<Budget>) -> Self {
+        Accum {
+            budget,
+            samples: Samples::default(),
+            extra: Samples::default(),
+            achieved: vec![],
+            bytes: vec![],
+            seconds: vec![],
+            predictions: vec![],
+        }
+    }
+
+    fn push(&mut self, ex: &Prepared, row: RowOutcome) {
+        self.achieved.push(row.achieved);
+        self.bytes.push(row.bytes);
+        self.seconds.push(row.seconds);
+        for (k, v) in &row.extra {
+            self.extra.push(k, *v);
+        }
+        for (k, v) in &row.scores {
+            self.samples.push(k, *v);
+        }
+        self.predictions.push(Prediction {
+            id: ex.id.clone(),
+            text: row.text,
+            answers: ex.answers.clone(),
+            scores: row.scores,
+        });
+    }
+
+    fn finish(self) -> EvalResult {
+        let mean = |xs: &[f64]| {
+            if xs.is_empty() {
+                f64::NAN
+            } else {
+                xs.iter().sum::<f64>() / xs.len() as f64
+            }
+        };
+        EvalResult {
+            budget: self.budget,
+            metrics: self.samples.values(),
+            budget_achieved: mean(&self.achieved),
+            kv_bytes: mean(&self.bytes),
+            compress_seconds: mean(&self.seconds),
+            extra: self.extra.values(),
+            predictions: self.predictions,
+        }
+    }
+}
+
 /// Evaluates `examples` with `compressor` at one `budget` (`None` compressor: uncompressed).
 pub fn evaluate(
     model: &Llama,
@@ -351,7 +454,9 @@ pub fn evaluate(
 
 /// Evaluates `examples` at several budgets, prefilling each example once; returns one result
 /// per budget, in order. With no compressor, the uncompressed result is computed once and
-/// returned for every budget (its `budget` is `None`).
+/// returned for every budget (its `budget` is `None`). Examples run in batches of
+/// [`EvalOptions::batch_size`] consecutive examples of the same kind (perplexity or
+/// generation).
 pub fn evaluate_budgets(
     model: &Llama,
     tok: &Tokenizer,
@@ -360,165 +465,47 @@ pub fn evaluate_budgets(
     budgets: &[Budget],
     opts: &EvalOptions,
 ) -> Result<Vec<EvalResult>> {
+    if opts.batch_size == 0 {
+        return Err(Error::invalid(
+            "evaluation `batch_size` must be at least 1, got 0",
+        ));
+    }
     let _g = tch::no_grad_guard();
     let cells: Vec<Option<Budget>> = match compressor {
         Some(_) => budgets.iter().copied().map(Some).collect(),
         None if budgets.is_empty() => vec![],
         None => vec![None],
     };
-    let mut acc: Vec<Accum> = cells
-        .iter()
-        .map(|&budget| Accum {
-            budget,
-            samples: Samples::default(),
-            extra: Samples::default(),
-            achieved: vec![],
-            bytes: vec![],
-            seconds: vec![],
-            predictions: vec![],
-        })
-        .collect();
-    let stop = model.config.eos_token_ids.clone();
-    for (idx, ex) in examples.iter().enumerate() {
-        let perplexity = ex.continuation.is_some();
-        let mut full = KvCache::new();
-        let out = model.forward_with(
-            &ex.context,
-            &mut full,
-            &ForwardOptions {
-                capture_hidden: compressor.is_some(),
-                logits: if perplexity {
-                    Logits::Last
-                } else {
-                    Logits::None
-                },
-                ..Default::default()
-            },
-        )?;
-        let last_logits = out.logits.as_ref().map(|l| l.select(1, 0)); // [1, vocab]
-        let full_nll = match (&ex.continuation, &last_logits) {
-            (Some(cont), Some(last)) => {
-                let mut c = full.copy();
-                let (nll, count) = continuation_nll(model, &mut c, last, cont)?;
-                Some(nll / count as f64)
-            }
-            _ => None,
-        };
-        for a in acc.iter_mut() {
-            let (mut cache, secs, extra) = match (compressor, a.budget) {
-                (Some(c), Some(budget)) => {
-                    let input = CompressionInput {
-                        model,
-                        cache: &full,
-                        context: &ex.context,
-                        hidden: &out.hidden,
-                        question: if opts.query_aware {
-                            ex.question.as_ref()
-                        } else {
-                            None
-                        },
-                        budget,
-                        seed: opts.seed.wrapping_add(idx as u64),
-                    };
-                    let t0 = Instant::now();
-                    let compressed = c.compress(&input)?;
-                    let secs = t0.elapsed().as_secs_f64();
-                    (compressed.cache, secs, compressed.extra)
+    let mut acc: Vec<Accum> = cells.iter().map(|&b| Accum::new(b)).collect();
+    if !cells.is_empty() {
+        for (first, batch) in batches(examples, opts.batch_size) {
+            let outcomes = evaluate_batch(model, tok, &batch, first, compressor, &cells, opts)?;
+            for (a, rows) in acc.iter_mut().zip(outcomes) {
+                for (ex, row) in batch.iter().zip(rows) {
+                    a.push(ex, row);
                 }
-                _ => (full.copy(), 0.0, vec![]),
-            };
-            a.achieved.push(cache.achieved_fraction());
-            a.bytes.push(cache.kept_bytes() as f64);
-            a.seconds.push(secs);
-            for (k, v) in &extra {
-                a.extra.push(k, *v);
             }
-            let mut scores = Vec::new();
-            let text = match (&ex.continuation, &last_logits, full_nll) {
-                (Some(cont), Some(last), Some(base)) => {
-                    let nll = if a.budget.is_none() {
-                        base
-                    } else {
-                        let (nll, count) = continuation_nll(model, &mut cache, last, cont)?;
-                        nll / count as f64
-                    };
-                    scores.push(("nll".to_string(), nll));
-                    scores.push(("ppl".to_string(), nll.exp()));
-                    scores.push(("nll_full".to_string(), base));
-                    scores.push(("ppl_full".to_string(), base.exp()));
-                    scores.push(("nll_delta".to_string(), nll - base));
-                    String::new()
-                }
-                _ => {
-                    let ids = match (opts.compress_every, compressor, a.budget) {
-                        (Some(every), Some(c), Some(budget)) => {
-                            let comp = DecodeCompression {
-                                compressor: c,
-                                budget,
-                                schedule: Schedule {
-                                    every: Some(every),
-                                    max_slots: None,
-                                },
-                                seed: opts.seed.wrapping_add(idx as u64),
-                            };
-                            let mut hist = History::new(&ex.context, &out.hidden);
-                            let d = greedy_compressing(
-                                model,
-                                &mut cache,
-                                &mut hist,
-                                &ex.prompt,
-                                ex.max_new_tokens,
-                                &stop,
-                                &comp,
-                            )?;
-                            a.extra.push("decode_compressions", d.compressions as f64);
-                            a.extra.push("decode_kv_bytes_end", d.kv_bytes_end as f64);
-                            d.ids
-                        }
-                        _ => greedy(model, &mut cache, &ex.prompt, ex.max_new_tokens, &stop)?,
-                    };
-                    let text = tok.decode(&ids)?;
-                    let v = score_text(ex.metric, &text, &ex.answers).ok_or_else(|| {
-                        Error::invalid(format!("example `{}`: no text metric", ex.id))
-                    })?;
-                    scores.push((ex.metric.name().to_string(), v));
-                    text
-                }
-            };
-            for (k, v) in &scores {
-                a.samples.push(k, *v);
-            }
-            a.predictions.push(Prediction {
-                id: ex.id.clone(),
-                text,
-                answers: ex.answers.clone(),
-                scores,
-            });
         }
     }
-    let mean = |xs: &[f64]| {
-        if xs.is_empty() {
-            f64::NAN
-        } else {
-            xs.iter().sum::<f64>() / xs.len() as f64
-        }
-    };
-    let results: Vec<EvalResult> = acc
-        .into_iter()
-        .map(|a| EvalResult {
-            budget: a.budget,
-            metrics: a.samples.values(),
-            budget_achieved: mean(&a.achieved),
-            kv_bytes: mean(&a.bytes),
-            compress_seconds: mean(&a.seconds),
-            extra: a.extra.values(),
-            predictions: a.predictions,
-        })
-        .collect();
+    let results: Vec<EvalResult> = acc.into_iter().map(Accum::finish).collect();
     match (compressor, results.first()) {
         (None, Some(r)) => Ok(vec![r.clone(); budgets.len()]),
         _ => Ok(results),
     }
+}
+
+/// Consecutive runs of at most `size` examples of one kind (perplexity or generation), each
+/// with the index of its first example.
+fn batches(examples: &[Prepared], size: usize) -> Vec<(usize, Vec<&Prepared>)> {
+    let mut out: Vec<(usize, Vec<&Prepared>)> = vec![];
+    for (i, ex) in examples.iter().enumerate() {
+        let kind = ex.continuation.is_some();
+        match out.last_mut() {
+            Some((_, b)) if b.len() < size && b[0].continuation.is_some() == kind => b.push(ex),
+            _ => out.push((i, vec![ex])),
+        }
+    }
+    out
 }
 
 /// The token length of a prepared context (with BOS), for reports.

@@ -82,7 +82,16 @@ fn eval_prints_a_table_and_writes_csv() {
     // Run twice: the header is written once, rows are appended.
     assert!(kvcat(&args).0);
     let mut r = csv::Reader::from_path(&csv).unwrap();
-    let rows: Vec<ResultRow> = r.deserialize().map(|x| x.unwrap()).collect();
+    let all: Vec<ResultRow> = r.deserialize().map(|x| x.unwrap()).collect();
+    // Each budget writes the task metric, then `answer_nll` and `answer_logprob`.
+    assert_eq!(all.len(), 12);
+    assert!(all
+        .iter()
+        .any(|r| r.metric == "answer_nll" && r.value > 0.0));
+    let rows: Vec<ResultRow> = all
+        .into_iter()
+        .filter(|r| r.metric == "string_match_all")
+        .collect();
     assert_eq!(rows.len(), 4);
     assert_eq!(rows[0].budget, "1");
     assert_eq!(rows[1].budget, "0.5");

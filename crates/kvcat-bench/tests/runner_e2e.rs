@@ -126,7 +126,10 @@ fn mini_manifest_end_to_end_then_kill_and_resume() {
         v.dedup();
         v
     };
-    assert_eq!(metrics("mqar", "none"), ["string_match_all"]);
+    assert_eq!(
+        metrics("mqar", "none"),
+        ["answer_logprob", "answer_nll", "string_match_all"]
+    );
     for m in ["nll", "nll_delta", "nll_full", "ppl", "ppl_full"] {
         assert!(
             metrics("ppl_continuation", "knorm").iter().any(|x| x == m),

@@ -15,7 +15,14 @@ use tch::{Kind, Tensor};
 
 /// Rotary tables for `positions` `[t]`: `(cos, sin)`, each `[t, head_dim]` in `kind`
 /// (HF convention: frequencies duplicated across the two halves, `rotate_half`).
+/// Per-row positions `[b, t]` give tables `[b, 1, t, head_dim]`, which broadcast over heads.
 pub fn rope_tables(positions: &Tensor, head_dim: i64, theta: f64, kind: Kind) -> (Tensor, Tensor) {
+    if positions.dim() == 2 {
+        let s = positions.size();
+        let (cos, sin) = rope_tables(&positions.flatten(0, 1), head_dim, theta, kind);
+        let shape = [s[0], 1, s[1], head_dim];
+        return (cos.view(shape), sin.view(shape));
+    }
     let device = positions.device();
     let exponent = Tensor::arange_start_step(0, head_dim, 2, (Kind::Int64, device))
         .to_kind(Kind::Float)
@@ -33,7 +40,7 @@ pub fn rope_tables(positions: &Tensor, head_dim: i64, theta: f64, kind: Kind) ->
     (emb.cos().to_kind(kind), emb.sin().to_kind(kind))
 }
 
-/// Rotates `x` `[b, heads, t, d]` by the tables `[t, d]`.
+/// Rotates `x` `[b, heads, t, d]` by the tables `[t, d]` (or per-row `[b, 1, t, d]`).
 pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Tensor {
     let d = x.size()[3];
     let x1 = x.narrow(-1, 0, d / 2);
@@ -111,11 +118,46 @@ impl Attention {
         if g == 1 {
             x.shallow_clone()
         } else {
-            x.repeat_interleave_self_int(g, 1, None::<i64>)
+            // The output size is given so that CUDA need not sync to compute it.
+            x.repeat_interleave_self_int(g, 1, Some(x.size()[1] * g))
         }
     }
 
-    /// Attention of the new tokens `x` `[b, t, hidden]` (already normed) at `positions` `[t]`.
+    /// Attention of one new token per row over a cache with a keep mask or bias (decoding
+    /// after a head-varying or fitted compression), without a per-query-head mask:
+    /// `q` `[b, heads, 1, d]` is viewed as `[b, kv_heads, groups, d]`, so the `[b, kv_heads,
+    /// 1, slots]` additive mask broadcasts over each KV head's query group. The new token's
+    /// own slot is the last one and is always visible, so no causal term is needed.
+    /// Returns `[b, heads, 1, d]`.
+    fn single_token_attention(&self, q: &Tensor, layer: &LayerCache, scale: f64) -> Tensor {
+        let s = q.size();
+        let (b, d) = (s[0], s[3]);
+        let kind = q.kind();
+        let slots = layer.slots();
+        let mut mask = match &layer.keep {
+            Some(keep) => Tensor::zeros([b, self.num_kv_heads, slots], (kind, q.device()))
+                .masked_fill(&keep.logical_not(), f64::NEG_INFINITY),
+            None => Tensor::zeros([b, self.num_kv_heads, slots], (kind, q.device())),
+        };
+        if let Some(bias) = &layer.bias {
+            mask += bias.to_kind(kind);
+        }
+        let grouped = q.view([b, self.num_kv_heads, self.groups(), d]);
+        Tensor::scaled_dot_product_attention(
+            &grouped,
+            &layer.k,
+            &layer.v,
+            Some(mask.unsqueeze(2)),
+            0.0,
+            false,
+            scale,
+            false,
+        )
+        .view([b, self.num_heads, 1, d])
+    }
+
+    /// Attention of the new tokens `x` `[b, t, hidden]` (already normed) at `positions` `[t]`
+    /// (shared by the batch) or `[b, t]` (per row, e.g. batched decoding after compression).
     ///
     /// Appends to `cache` when given; otherwise returns a fresh [`LayerCache`] for the caller to
     /// store. `layer_bias` is `[b, kv_heads | heads | 1, t, slots + t]`.
@@ -132,9 +174,11 @@ impl Attention {
         let s = x.size();
         let (b, t) = (s[0], s[1]);
         let (q, k, v) = self.project(x, rope);
-        let pos = positions
-            .view([1, 1, t])
-            .expand([b, self.num_kv_heads, t], false);
+        let pos = match positions.dim() {
+            2 => positions.unsqueeze(1),
+            _ => positions.view([1, 1, t]),
+        }
+        .expand([b, self.num_kv_heads, t], false);
         let mut owned = None;
         let layer: &LayerCache = match cache {
             Some(c) => {
@@ -151,13 +195,23 @@ impl Attention {
         };
         let total = layer.slots();
         let past = total - t;
-        let mask = self.additive_mask(layer, b, t, past, layer_bias, q.kind())?;
         let scale = 1.0 / (self.head_dim as f64).sqrt();
         let mut caught = Caught {
             queries: capture.queries.then(|| q.shallow_clone()),
             attention: None,
         };
-        let y = if capture.attention {
+        let single_masked = t == 1
+            && !capture.attention
+            && layer_bias.is_none()
+            && (layer.keep.is_some() || layer.bias.is_some());
+        let mask = if single_masked {
+            None
+        } else {
+            self.additive_mask(layer, b, t, past, layer_bias, q.kind())?
+        };
+        let y = if single_masked {
+            self.single_token_attention(&q, layer, scale)
+        } else if capture.attention {
             let kk = self.expand_kv(&layer.k);
             let vv = self.expand_kv(&layer.v);
             let mut scores = q.matmul(&kk.transpose(-2, -1)) * scale;

@@ -99,12 +99,90 @@ impl LayerCache {
             .collect()
     }
 
-    /// Bytes held by `k`, `v` for visible slots (what a real eviction would free).
+    /// Bytes of `k`, `v` for visible slots (what an ideal ragged per-head layout would hold).
     pub fn kept_bytes(&self) -> i64 {
         let s = self.k.size();
         let elem = self.k.kind().elt_size_in_bytes() as i64;
         let kept: i64 = self.kept_per_head().sum(Kind::Int64).int64_value(&[]);
         2 * kept * s[3] * elem
+    }
+
+    /// Bytes this layer really holds for keys and values: `k` and `v` as stored, including
+    /// the hidden padding slots of a head-varying layout, plus the keep mask and bias.
+    pub fn held_bytes(&self) -> i64 {
+        let bytes = |t: &Tensor| t.numel() as i64 * t.kind().elt_size_in_bytes() as i64;
+        bytes(&self.k)
+            + bytes(&self.v)
+            + self.keep.as_ref().map_or(0, bytes)
+            + self.bias.as_ref().map_or(0, bytes)
+    }
+
+    /// Batch row `row`'s first `slots` slots as a contiguous batch-1 layer `[1, h, slots, ..]`
+    /// (one example out of a right-padded batched prefill).
+    pub fn row(&self, row: i64, slots: i64) -> LayerCache {
+        let cut = |t: &Tensor| t.narrow(0, row, 1).narrow(2, 0, slots).contiguous();
+        LayerCache {
+            k: cut(&self.k),
+            v: cut(&self.v),
+            positions: cut(&self.positions),
+            keep: self.keep.as_ref().map(cut),
+            bias: self.bias.as_ref().map(cut),
+        }
+    }
+
+    /// Hides the last `n` slots where `visible` (`[b, n]` bool) is false, e.g. the padding of
+    /// right-padded rows appended together. Keep masks are per head, so every head hides them.
+    pub fn hide_tail(&mut self, visible: &Tensor) {
+        let s = self.k.size();
+        let n = visible.size()[1];
+        let keep = match &self.keep {
+            Some(k) => k.shallow_clone(),
+            None => Tensor::ones([s[0], s[1], s[2]], (Kind::Bool, self.k.device())),
+        };
+        let head = keep.narrow(2, 0, s[2] - n);
+        let tail = keep
+            .narrow(2, s[2] - n, n)
+            .logical_and(&visible.to_device(keep.device()).unsqueeze(1));
+        self.keep = Some(Tensor::cat(&[head, tail], 2));
+    }
+
+    /// Pads a batch-1 layer to `slots` slots with hidden slots (zero keys and values,
+    /// position −1, bias 0). `masked`: give the result a keep mask even without padding;
+    /// `bias_kind`: give it a bias of that dtype even when it has none.
+    fn padded_to(&self, slots: i64, masked: bool, bias_kind: Option<Kind>) -> LayerCache {
+        let s = self.k.size();
+        let extra = slots - s[2];
+        // Pads dimension 2 (slots) at its end; pad widths run from the last dimension.
+        let pad = |t: &Tensor, value: f64| {
+            let mut widths = vec![0i64; 2 * (t.dim() - 3)];
+            widths.extend([0, extra]);
+            if extra == 0 {
+                t.shallow_clone()
+            } else {
+                t.pad(widths, "constant", value)
+            }
+        };
+        let device = self.k.device();
+        let keep = match (&self.keep, masked) {
+            (Some(k), _) => Some(pad(k, 0.0)),
+            (None, true) => Some(pad(
+                &Tensor::ones([s[0], s[1], s[2]], (Kind::Bool, device)),
+                0.0,
+            )),
+            (None, false) => None,
+        };
+        let bias = match (&self.bias, bias_kind) {
+            (Some(b), _) => Some(pad(b, 0.0)),
+            (None, Some(kind)) => Some(Tensor::zeros([s[0], s[1], slots], (kind, device))),
+            (None, None) => None,
+        };
+        LayerCache {
+            k: pad(&self.k, 0.0),
+            v: pad(&self.v, 0.0),
+            positions: pad(&self.positions, -1.0),
+            keep,
+            bias,
+        }
     }
 }
 
@@ -171,6 +249,51 @@ impl KvCache {
         }
     }
 
+    /// Bytes really held for keys and values over all layers ([`LayerCache::held_bytes`]).
+    pub fn held_bytes(&self) -> i64 {
+        self.layers.iter().map(LayerCache::held_bytes).sum()
+    }
+
+    /// Batch row `row` of a right-padded batched prefill whose row holds `len` tokens:
+    /// a batch-1 cache of `len` slots per layer with `seq_len = len`.
+    pub fn row(&self, row: i64, len: i64) -> KvCache {
+        KvCache {
+            layers: self.layers.iter().map(|l| l.row(row, len)).collect(),
+            seq_len: len,
+        }
+    }
+
+    /// Stacks batch-1 caches (e.g. each example compressed on its own) into one batch.
+    ///
+    /// Layer `l` gets `max_i slots_il` slots; shorter rows are padded with hidden slots, so
+    /// attention over the batch equals attention over each row alone. The result's
+    /// `seq_len` is the largest row's; callers position new tokens per row from each row's
+    /// own `seq_len`. Errors when rows disagree in layers, heads or head dim.
+    pub fn stack(rows: &[KvCache]) -> Result<KvCache> {
+        let first = rows
+            .first()
+            .ok_or_else(|| Error::invalid("KvCache::stack: no rows"))?;
+        let n_layers = first.layers.len();
+        let mut layers = Vec::with_capacity(n_layers);
+        for l in 0..n_layers {
+            let parts: Vec<&LayerCache> = rows
+                .iter()
+                .map(|r| r.layers.get(l))
+                .collect::<Option<_>>()
+                .ok_or_else(|| Error::invalid("KvCache::stack: rows differ in layer count"))?;
+            layers.push(stack_layer(l, &parts)?);
+        }
+        let seq_len = rows.iter().map(|r| r.seq_len).max().unwrap_or(0);
+        Ok(KvCache { layers, seq_len })
+    }
+
+    /// Hides the last `n` slots of every layer where `visible` (`[b, n]` bool) is false.
+    pub fn hide_tail(&mut self, visible: &Tensor) {
+        for l in &mut self.layers {
+            l.hide_tail(visible);
+        }
+    }
+
     /// Replaces layer `i`, checking that batch, heads and head dim agree.
     pub fn set_layer(&mut self, i: usize, layer: LayerCache) -> Result<()> {
         let old = self
@@ -186,4 +309,36 @@ impl KvCache {
         self.layers[i] = layer;
         Ok(())
     }
+}
+
+/// Stacks layer `l` of batch-1 rows along the batch dimension, padding to the widest row.
+fn stack_layer(l: usize, parts: &[&LayerCache]) -> Result<LayerCache> {
+    let s0 = parts[0].k.size();
+    for p in parts {
+        let s = p.k.size();
+        if s[0] != 1 || s[1] != s0[1] || s[3] != s0[3] {
+            return Err(Error::invalid(format!(
+                "KvCache::stack: layer {l} row shape {s:?} is incompatible with {s0:?} \
+                 (rows must be batch 1 with equal heads and head dim)"
+            )));
+        }
+    }
+    let width = parts.iter().map(|p| p.slots()).max().unwrap_or(0);
+    let ragged = parts.iter().any(|p| p.slots() != width);
+    let masked = ragged || parts.iter().any(|p| p.keep.is_some());
+    let bias_kind = parts.iter().find_map(|p| p.bias.as_ref().map(Tensor::kind));
+    let padded: Vec<LayerCache> = parts
+        .iter()
+        .map(|p| p.padded_to(width, masked, bias_kind))
+        .collect();
+    let cat = |f: &dyn Fn(&LayerCache) -> Tensor| {
+        Tensor::cat(&padded.iter().map(f).collect::<Vec<_>>(), 0)
+    };
+    Ok(LayerCache {
+        k: cat(&|p| p.k.shallow_clone()),
+        v: cat(&|p| p.v.shallow_clone()),
+        positions: cat(&|p| p.positions.shallow_clone()),
+        keep: masked.then(|| cat(&|p| p.keep.as_ref().expect("masked").shallow_clone())),
+        bias: bias_kind.map(|_| cat(&|p| p.bias.as_ref().expect("biased").shallow_clone())),
+    })
 }

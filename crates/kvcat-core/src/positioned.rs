@@ -11,7 +11,8 @@ use tch::{Kind, Tensor};
 
 impl Llama {
     /// Like [`Llama::forward_with`], but `tokens` `[b, t]` sit at the explicit `positions`
-    /// `[t]` (int64, strictly increasing; shared by the batch) instead of
+    /// `[t]` (int64, strictly increasing; shared by the batch) or `[b, t]` (per row, each row
+    /// strictly increasing: batched decoding of rows with different lengths) instead of
     /// `cache.seq_len .. cache.seq_len + t`. Keys are rotated for those positions and recorded
     /// with them; causality among the new tokens follows their order. Afterwards
     /// `cache.seq_len = max(cache.seq_len, last position + 1)`.
@@ -32,14 +33,16 @@ impl Llama {
         let t = size[1];
         let device = self.device();
         let positions = positions.to_device(device).to_kind(Kind::Int64);
-        if positions.size() != [t] {
+        let ps = positions.size();
+        if ps != [t] && ps != [size[0], t] {
             return Err(Error::invalid(format!(
-                "forward_at: positions have shape {:?}, expected [{t}]",
-                positions.size()
+                "forward_at: positions have shape {ps:?}, expected [{t}] or [{}, {t}]",
+                size[0]
             )));
         }
         if t > 1 {
-            let steps = positions.narrow(0, 1, t - 1) - positions.narrow(0, 0, t - 1);
+            let last = ps.len() as i64 - 1;
+            let steps = positions.narrow(last, 1, t - 1) - positions.narrow(last, 0, t - 1);
             if steps.min().int64_value(&[]) < 1 {
                 return Err(Error::invalid(
                     "forward_at: positions must be strictly increasing",
@@ -120,7 +123,7 @@ impl Llama {
         if opts.capture_hidden {
             out.hidden.push(x.shallow_clone());
         }
-        let last = positions.int64_value(&[t - 1]);
+        let last = positions.max().int64_value(&[]);
         cache.seq_len = cache.seq_len.max(last + 1);
         out.logits = match opts.logits {
             Logits::None => None,

@@ -62,6 +62,9 @@ pub struct EvalArgs {
     /// back to the budget (needs a --compressor).
     #[arg(long, value_name = "N")]
     pub compress_every: Option<usize>,
+    /// Examples per prefill and per decode step (results do not depend on it).
+    #[arg(long, default_value_t = crate::evaluate::DEFAULT_BATCH_SIZE)]
+    pub batch_size: usize,
 }
 
 /// Parses `key=value` assignments into a TOML table. Values are TOML (`3`, `0.5`, `true`,
@@ -149,6 +152,7 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         add_bos: !args.no_bos && !bos_is_turn_start,
         seed: args.seed,
         compress_every: args.compress_every,
+        batch_size: args.batch_size,
     };
     let mut examples = task
         .examples(&tok, args.n, args.seed)

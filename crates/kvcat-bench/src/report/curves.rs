@@ -20,6 +20,7 @@ use std::collections::BTreeMap;
 pub fn higher_is_better(metric: &str) -> bool {
     let m = metric.to_ascii_lowercase();
     !(m.starts_with("nll")
+        || m.ends_with("_nll")
         || m.starts_with("ppl")
         || m.contains("loss")
         || m.contains("perplexity")

@@ -93,6 +93,7 @@ fn synthetic(model: &Model, len: i64, gen: usize, continuation: Option<i64>) -> 
         prompt: random_ids(vocab, 12, device),
         question: Some(random_ids(vocab, 8, device)),
         continuation: continuation.map(|c| random_ids(vocab, c, device)),
+        answer: continuation.is_none().then(|| random_ids(vocab, 2, device)),
         answers: vec!["-".into()],
         metric: if continuation.is_some() {
             Metric::Perplexity
@@ -216,6 +217,7 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
                 add_bos: false,
                 seed: m.seed,
                 compress_every: None,
+                ..Default::default()
             };
             let compressor = cell
                 .compressor

@@ -11,6 +11,8 @@
 //! dtype = "f32"           # auto, f32, bf16, f16
 //! budgets = [0.1, 0.25, 0.5, "64slots"]
 //! seeds = [0, 1, 2]       # optional: train every policy once per seed (see below)
+//! eval_batch_size = 8     # optional: examples per prefill and decode step (results do not
+//!                         # depend on it)
 //!
 //! [[model]]
 //! name = "tiny"
@@ -81,6 +83,10 @@ pub struct Manifest {
     /// `seed`), distinct, in manifest order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub seeds: Vec<u64>,
+    /// Examples per prefill and decode step (`None`: the evaluator's default). Results do
+    /// not depend on it, so an absent value leaves the manifest hash unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub eval_batch_size: Option<usize>,
     /// The shared continued-pretraining table (a partial `TrainConfig`).
     #[serde(default)]
     pub train: toml::Table,
@@ -159,6 +165,7 @@ struct RawManifest {
     dtype: Option<Spanned<String>>,
     budgets: Option<Spanned<Vec<Spanned<toml::Value>>>>,
     seeds: Option<Spanned<Vec<Spanned<i64>>>>,
+    eval_batch_size: Option<Spanned<usize>>,
     train: Option<Spanned<toml::Table>>,
     #[serde(default)]
     model: Vec<RawModel>,
@@ -413,6 +420,9 @@ impl Manifest {
             }
             None => "auto".into(),
         };
+        if let Some(b) = raw.eval_batch_size.as_ref().filter(|b| *b.get_ref() == 0) {
+            return Err(loc.at(Some(b.span()), "eval_batch_size", "must be at least 1"));
+        }
         let dtype = match &raw.dtype {
             Some(d) => {
                 parse_dtype(d.get_ref())
@@ -665,6 +675,7 @@ impl Manifest {
                     .unwrap_or_else(|| "bench".into())
             }),
             seed: raw.seed,
+            eval_batch_size: raw.eval_batch_size.as_ref().map(|b| *b.get_ref()),
             device,
             dtype,
             budgets,

@@ -86,6 +86,11 @@ impl RealExecutor {
             add_bos: true,
             seed: self.manifest.seed,
             compress_every: None,
+            batch_size: self
+                .manifest
+                .eval_batch_size
+                .unwrap_or(crate::evaluate::DEFAULT_BATCH_SIZE),
+            ..Default::default()
         };
         self.model(first.weights)?;
         let (_, model) = self.loaded.as_ref().expect("loaded above");
