@@ -16,6 +16,7 @@ pub mod policy;
 pub mod positioned;
 pub mod probe;
 pub mod registry;
+pub mod selection;
 pub mod task;
 pub mod tokenizer;
 
