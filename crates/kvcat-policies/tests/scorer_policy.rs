@@ -5,6 +5,7 @@
 //! the budget. Also: unknown scorers are refused with the known names, parameters resolve.
 
 use kvcat_compressors as _;
+use kvcat_policies as _;
 use kvcat_compressors::topk::ScorerCompressor;
 use kvcat_core::compressor::{build_compressor, build_scorer, ScorerDescriptor};
 use kvcat_core::policy::build_policy;
