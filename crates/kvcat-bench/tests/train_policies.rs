@@ -4,6 +4,7 @@
 
 use kvcat_bench::train::loss::{batch_loss, masked_logits, ntp};
 use kvcat_bench::train::LossConfig;
+use kvcat_compressors as _;
 use kvcat_core::model::ForwardOptions;
 use kvcat_core::policy::build_policy;
 use kvcat_core::registry;

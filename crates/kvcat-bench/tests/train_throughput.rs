@@ -11,6 +11,7 @@ use kvcat_bench::train::loss::{batch_loss, masked_logits, ntp};
 use kvcat_bench::train::optim::AdamW;
 use kvcat_bench::train::schedule::{sample_budget, sample_prefix, step_rng, Stream};
 use kvcat_bench::train::{BudgetSchedule, LossConfig, OptimConfig, TrainConfig};
+use kvcat_compressors as _;
 use kvcat_core::policy::build_policy;
 use kvcat_core::{registry, KvCache, MaskingPolicy, Model, PolicyDescriptor};
 use kvcat_policies as _;

@@ -2,10 +2,13 @@
 //! `ScorerPress`), plus the slot-selection helpers wrappers share.
 //!
 //! Per layer and KV head, the `kept = budget.kept(slots)` highest-scoring visible slots are
-//! kept, gathered in ascending slot (hence position) order. A budget that keeps every slot
+//! kept, gathered in ascending slot (hence position) order. The selection is
+//! [`kvcat_core::selection`], the same one the train-time `scorer` policy uses, so a model
+//! trained for a scorer meets exactly the slots it was trained on. A budget that keeps every slot
 //! returns the cache unchanged, without scoring.
 
 use kvcat_core::cache::{KvCache, LayerCache};
+use kvcat_core::selection::topk_slots;
 use kvcat_core::{Compressed, CompressionInput, Compressor, Error, Result, Scorer};
 use tch::{Kind, Tensor};
 
@@ -79,13 +82,12 @@ pub fn visible_scores(layer: &LayerCache, scores: &Tensor) -> Tensor {
     }
 }
 
-/// Keeps the `kept` highest-scoring visible slots per `[b, h]`, in ascending slot order.
-/// `scores`: `[b, h, s]`; returns a layer of `kept` slots.
+/// Keeps the `kept` highest-scoring visible slots per `[b, h]`, in ascending slot order,
+/// through the selection train-time policies share ([`kvcat_core::selection::topk_slots`]:
+/// ties go to the earlier slot). `scores`: `[b, h, s]`; returns a layer of `kept` slots.
 pub fn select_topk(layer: &LayerCache, scores: &Tensor, kept: i64) -> LayerCache {
     let s = visible_scores(layer, scores);
-    let (_, idx) = s.topk(kept, -1, true, true);
-    let (idx, _) = idx.sort(-1, false);
-    layer.gather(&idx)
+    layer.gather(&topk_slots(&s, kept))
 }
 
 /// Keeps the slots where `mask` (`[b, h, s]` bool) is true; heads may keep different counts.

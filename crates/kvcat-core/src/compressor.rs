@@ -3,8 +3,10 @@
 //! A [`Compressor`] maps a prefilled cache to a smaller one at a [`Budget`]. Eviction methods
 //! only write a [`Scorer`] (`[b, kv_heads, slots]` scores, higher = keep); one generic top-k
 //! adapter in `kvcat-compressors` turns any scorer into a compressor (after kvpress's
-//! `ScorerPress`). Scorers take batched keys and queries and need no gradient, so they can also
-//! serve as train-time policies.
+//! `ScorerPress`). Scorers take batched keys and queries and need no gradient, so they also
+//! serve as train-time policies: the `scorer` policy in `kvcat-policies` scores the teacher's
+//! prefix with any registered scorer and keeps the same slots through the same top-k
+//! ([`crate::selection`]).
 
 use crate::budget::Budget;
 use crate::cache::KvCache;

@@ -17,6 +17,7 @@ pub mod policy;
 pub mod positioned;
 pub mod probe;
 pub mod registry;
+pub mod selection;
 pub mod task;
 pub mod tokenizer;
 pub mod toml_paths;

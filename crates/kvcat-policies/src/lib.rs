@@ -14,12 +14,14 @@
 //! | `attention_matching` | OMP selection of the slots whose (re-weighted) attention best reproduces the continuation queries' prefix attention output (Zweiger et al., 2026) |
 //! | `router` | a learned per-layer linear scorer on keys or hidden states, straight-through / log-utility relaxation of top-b |
 //! | `sink_window` | attention sinks plus the most recent prefix slots (StreamingLLM-style) |
+//! | `scorer` | the slots any registered eviction scorer (`knorm`, `snapkv`, …) keeps: training for the compressor of that name, with the same top-k ([`kvcat_core::selection`]) |
 
 pub mod attention_matching;
 pub mod attn;
 pub mod none;
 pub mod rand_policy;
 pub mod router;
+pub mod scorer;
 pub mod sink_window;
 pub mod util;
 
@@ -30,5 +32,6 @@ pub const POLICY_NAMES: &[&str] = &[
     "none",
     "rand",
     "router",
+    "scorer",
     "sink_window",
 ];

@@ -1,19 +1,10 @@
-//! Shared helpers: top-k masks and continuation-query attention over the prefix.
+//! Shared helpers: input checks, teacher captures and continuation-query attention over the
+//! prefix. Top-k masks come from [`kvcat_core::selection`], the selection compressors use too.
 
 use kvcat_core::{Error, PolicyInput, Result};
 use tch::{Kind, Tensor};
 
-/// A bool keep mask `[b, h, P]` with `true` at the `kept` highest `scores` (`[b, h, P]`) per row.
-pub fn topk_mask(scores: &Tensor, kept: i64) -> Tensor {
-    let p = *scores.size().last().unwrap_or(&0);
-    if kept >= p {
-        return Tensor::ones(scores.size(), (Kind::Bool, scores.device()));
-    }
-    let (_, idx) = scores.topk(kept, -1, true, false);
-    Tensor::zeros(scores.size(), (Kind::Float, scores.device()))
-        .scatter_value(-1, &idx, 1.0)
-        .gt(0.5)
-}
+pub use kvcat_core::selection::topk_mask;
 
 /// An all-`true` keep mask `[b, h, P]`.
 pub fn full_mask(b: i64, h: i64, p: i64, device: tch::Device) -> Tensor {

@@ -9,8 +9,9 @@
 //! table, its policy and its parent's id, so trained checkpoints are cached across runs.
 
 use super::grid::hash_of;
-use super::manifest::{Manifest, PolicySpec, BASE_POLICY};
+use super::manifest::{Manifest, PolicySpec, BASE_POLICY, SCORER_POLICY};
 use super::training::{build_config, job_id, Source};
+use kvcat_core::registry::params_string;
 use kvcat_core::{Error, Result};
 use serde::Serialize;
 use std::path::Path;
@@ -56,13 +57,40 @@ pub struct Checkpoint {
     pub id: String,
     /// The model's label.
     pub model: String,
-    /// The policy name, or `base` for the model as given.
+    /// The policy's label in result rows ([`policy_label`]: the name, or `scorer:<scorer>`),
+    /// or `base` for the model as given.
     pub policy: String,
     pub policy_params: toml::Table,
     /// The training seed of the continuation when the manifest lists `seeds` (`None`
     /// otherwise, and for `base`).
     pub train_seed: Option<u64>,
     pub weights: Weights,
+}
+
+/// The label of a policy in result rows and the report: its name, except that a `scorer`
+/// policy names its scorer (`scorer:knorm`), so that the rows of a `matched` grid read as
+/// "trained for knorm". Two `scorer` policies on one scorer also show their parameters.
+pub fn policy_label(m: &Manifest, policy: &PolicySpec) -> String {
+    let scorer = (policy.name == SCORER_POLICY)
+        .then(|| policy.params.get("scorer").and_then(|v| v.as_str()))
+        .flatten();
+    let Some(scorer) = scorer else {
+        return policy.name.clone();
+    };
+    let same_scorer = |p: &&PolicySpec| {
+        p.name == policy.name && p.params.get("scorer") == policy.params.get("scorer")
+    };
+    if m.policy.iter().filter(same_scorer).count() > 1 {
+        let inner = policy
+            .params
+            .get("params")
+            .and_then(|v| v.as_table())
+            .map(params_string)
+            .unwrap_or_default();
+        format!("{SCORER_POLICY}:{scorer}({inner})")
+    } else {
+        format!("{SCORER_POLICY}:{scorer}")
+    }
 }
 
 /// Recursively merges `over` into `base` (tables merge, everything else is replaced).
@@ -164,7 +192,7 @@ pub fn plan_checkpoints(m: &Manifest) -> Result<(Vec<TrainJob>, Vec<Checkpoint>)
                 checkpoints.push(Checkpoint {
                     id: job.id.clone(),
                     model: model.name.clone(),
-                    policy: policy.name.clone(),
+                    policy: policy_label(m, policy),
                     policy_params: policy.params.clone(),
                     train_seed: *seed,
                     weights: Weights::Job(jobs.len()),

@@ -28,6 +28,9 @@
 //! params = { … }
 //! train = { … }           # optional per-policy overrides of [train]
 //!
+//! [[policy]]
+//! name = "matched"        # one `scorer` policy per eviction compressor below
+//!
 //! [[compressor]]
 //! name = "snapkv"
 //! params = { window = 8 }
@@ -50,9 +53,10 @@
 //! *resolved* manifest (defaults filled in), which is saved beside the results.
 
 use kvcat_core::budget::Budget;
-use kvcat_core::compressor::build_compressor;
+use kvcat_core::compressor::{build_compressor, ScorerDescriptor};
 use kvcat_core::device::{parse_dtype, DeviceChoice};
 use kvcat_core::policy::build_policy;
+use kvcat_core::registry::{get, params_string};
 use kvcat_core::task::build_task;
 use kvcat_core::toml_paths::{self, KeyPath};
 use kvcat_core::{Error, Result};
@@ -67,6 +71,10 @@ pub const REFERENCE_COMPRESSOR: &str = "none";
 pub const BASE_POLICY: &str = "base";
 /// The policy every KV-CAT policy is compared against in the report.
 pub const BASELINE_POLICY: &str = "none";
+/// The `[[policy]]` name that expands to one `scorer` policy per eviction compressor.
+pub const MATCHED_POLICY: &str = "matched";
+/// The registered policy that trains for an eviction scorer.
+pub const SCORER_POLICY: &str = "scorer";
 
 /// A resolved manifest: every name checked, every parameter table filled with defaults.
 /// This is what `manifest.toml` beside the results holds.
@@ -377,6 +385,76 @@ fn parse_seeds(raw: &RawManifest, loc: &Locator) -> Result<Vec<u64>> {
     Ok(seeds)
 }
 
+/// Expands `[[policy]] name = "matched"`: one `scorer` policy per compressor that is also a
+/// registered scorer (the eviction compressors: `knorm`, `snapkv`, a plugin's…), with that
+/// compressor's parameters and the entry's `train` overrides. Every checkpoint meets every
+/// compressor, so the grid holds the diagonal (trained for C, evaluated with C) and the
+/// off-diagonal cost of a mismatch. Wrappers and non-eviction compressors are skipped.
+pub fn matched_policies(
+    compressors: &[PluginSpec],
+    train: &toml::Table,
+) -> Result<Vec<PolicySpec>> {
+    let mut out = Vec::new();
+    for c in compressors {
+        if get::<ScorerDescriptor>(&c.name).is_err() {
+            continue;
+        }
+        let mut params = toml::Table::new();
+        params.insert("scorer".into(), c.name.clone().into());
+        params.insert("params".into(), toml::Value::Table(c.params.clone()));
+        let built = build_policy(SCORER_POLICY, &params)?;
+        out.push(PolicySpec {
+            name: built.name().to_string(),
+            params: built.params(),
+            train: train.clone(),
+        });
+    }
+    if out.is_empty() {
+        let names: Vec<&str> = compressors.iter().map(|c| c.name.as_str()).collect();
+        return Err(Error::invalid(format!(
+            "`matched` found no eviction compressor (one registered as a scorer) among [{}]; \
+             add one such as `knorm` or `snapkv` (`kvcat list --kind scorer`)",
+            names.join(", ")
+        )));
+    }
+    Ok(out)
+}
+
+/// Splices the expansion of each `matched` entry (`(position in policies, raw index)`) into
+/// `policies`, refusing an expansion that repeats a policy already given.
+fn expand_matched(
+    loc: &Locator,
+    raw: &[RawPolicy],
+    matched: &[(usize, usize)],
+    compressors: &[PluginSpec],
+    policies: &mut Vec<PolicySpec>,
+) -> Result<()> {
+    for &(at, i) in matched.iter().rev() {
+        let p = &raw[i];
+        let field = format!("policy[{i}]");
+        let train = p
+            .train
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_default();
+        let specs = matched_policies(compressors, &train)
+            .map_err(|e| loc.at(Some(p.name.span()), &field, e.to_string()))?;
+        if let Some(dup) = specs.iter().find(|s| policies.contains(s)) {
+            return Err(loc.at(
+                Some(p.name.span()),
+                field,
+                format!(
+                    "`matched` makes the policy `scorer` with {}, which another [[policy]] \
+                     entry already gives",
+                    params_string(&dup.params)
+                ),
+            ));
+        }
+        policies.splice(at..at, specs);
+    }
+    Ok(())
+}
+
 impl Manifest {
     /// Reads and validates a manifest file.
     pub fn load(path: &Path) -> Result<Manifest> {
@@ -534,8 +612,22 @@ impl Manifest {
         }
 
         let mut policies: Vec<PolicySpec> = Vec::new();
+        // `matched` entries (position in `policies`, raw index), expanded after the compressors.
+        let mut matched: Vec<(usize, usize)> = Vec::new();
         for (i, p) in raw.policy.iter().enumerate() {
             let field = format!("policy[{i}]");
+            if p.name.get_ref() == MATCHED_POLICY {
+                if let Some(t) = &p.params {
+                    return Err(loc.at(
+                        Some(t.span()),
+                        format!("{field}.params"),
+                        "`matched` takes no params: each `scorer` policy it makes copies its \
+                         compressor's params",
+                    ));
+                }
+                matched.push((policies.len(), i));
+                continue;
+            }
             let params = p
                 .params
                 .as_ref()
@@ -604,6 +696,8 @@ impl Manifest {
             }
             compressors.push(spec);
         }
+
+        expand_matched(&loc, &raw.policy, &matched, &compressors, &mut policies)?;
 
         if raw.task.is_empty() {
             return Err(loc.at(None, "task", "no [[task]] entry"));

@@ -1,9 +1,11 @@
 //! Eviction compressors: each method is a [`kvcat_core::Scorer`] in its own short file,
-//! turned into a compressor by [`crate::topk::ScorerCompressor`]. Defaults equal kvpress
+//! turned into a compressor by [`crate::topk::ScorerCompressor`] (whose top-k is
+//! [`kvcat_core::selection`], shared with the train-time `scorer` policy). Defaults equal kvpress
 //! 0.5.5's; the budget fraction `b` is kvpress's `compression_ratio = 1 − b`.
 //!
 //! Every scorer is registered twice under the same name: as a compressor (top-k) and as a
-//! scorer (for wrappers such as `adakv` and `pyramid`, which name it as `inner`).
+//! scorer (for wrappers such as `adakv` and `pyramid`, which name it as `inner`, and for the
+//! train-time `scorer` policy).
 
 pub mod expected_attention;
 pub mod keydiff;
