@@ -5,7 +5,6 @@
 //! the budget. Also: unknown scorers are refused with the known names, parameters resolve.
 
 use kvcat_compressors as _;
-use kvcat_policies as _;
 use kvcat_compressors::topk::ScorerCompressor;
 use kvcat_core::compressor::{build_compressor, build_scorer, ScorerDescriptor};
 use kvcat_core::policy::build_policy;
@@ -14,6 +13,7 @@ use kvcat_core::{
     probe, Budget, CompressionInput, Compressor, CompressorDescriptor, Error, ForwardOptions,
     KvCache, LlamaConfig, MaskPlan, Model, PolicyInput,
 };
+use kvcat_policies as _;
 use rand::{Rng, SeedableRng};
 use tch::{Device, Kind, Tensor};
 
