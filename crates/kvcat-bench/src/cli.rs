@@ -35,6 +35,8 @@ pub enum Command {
     Merge(crate::commands::merge::MergeArgs),
     /// Write report.md and quality-vs-budget plots for a results directory.
     Report(crate::commands::report::ReportArgs),
+    /// Time prefill, decode, compression and training in-process (median of repeats).
+    Perf(crate::commands::perf::PerfArgs),
 }
 
 /// Parses the process arguments, runs the command, prints errors without a backtrace.
@@ -73,6 +75,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Bench(a) => crate::commands::bench::run(a),
         Command::Merge(a) => crate::commands::merge::run(a),
         Command::Report(a) => crate::commands::report::run(a),
+        Command::Perf(a) => crate::commands::perf::run(a),
     }
 }
 
