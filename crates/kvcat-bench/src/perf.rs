@@ -187,40 +187,70 @@ pub fn compress_s(model: &Model, plan: &PerfPlan) -> anyhow::Result<CompressTime
 /// Seconds per compressor, and the compressors that failed with their error.
 pub type CompressTimes = (BTreeMap<String, f64>, BTreeMap<String, String>);
 
-/// Trained tokens per second of one policy: KV-CAT loss (default weights) on a random
-/// `[train_batch, train_len]` micro-batch with prefix `T/2` and a quarter of it kept,
-/// backward, gradient clipping and an AdamW step. The model's weights change.
-pub fn train_tok_s(model: &Model, plan: &PerfPlan, policy_name: &str) -> anyhow::Result<f64> {
-    let mut policy = build_policy(policy_name, &toml::Table::new())?;
+/// One training micro-batch to time: the policy (registry name and parameters), the loss
+/// weights, the batch shape `[batch, len]`, and the prefix length and kept slots.
+pub struct TrainShape<'a> {
+    pub policy: &'a str,
+    pub policy_params: &'a toml::Table,
+    pub loss: &'a LossConfig,
+    pub batch: i64,
+    pub len: i64,
+    pub prefix: i64,
+    pub kept: i64,
+}
+
+/// Median seconds of one training step on a random micro-batch: the KV-CAT loss, backward,
+/// gradient clipping and an AdamW step, as the trainer runs them. The model's weights change.
+pub fn train_step_seconds(
+    model: &Model,
+    shape: &TrainShape,
+    warmup: usize,
+    repeats: usize,
+) -> anyhow::Result<f64> {
+    let name = shape.policy;
+    let mut policy = build_policy(name, shape.policy_params)?;
     let policy_vs = nn::VarStore::new(model.device());
-    policy.init(&(policy_vs.root() / policy_name), &model.config)?;
+    policy.init(&(policy_vs.root() / name), &model.config)?;
     let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
     vars.extend(policy_vs.variables());
     let optim = OptimConfig::default();
     let mut opt = AdamW::new(vars, &optim);
-    let loss = LossConfig::default();
-    let tokens = random_tokens(model, plan.train_batch, plan.train_len);
-    let prefix = (plan.train_len / 2).max(1);
-    let kept = (prefix / 4).max(1);
+    let tokens = random_tokens(model, shape.batch, shape.len);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let secs = median_seconds(model.device(), plan.warmup, plan.repeats, || {
+    median_seconds(model.device(), warmup, repeats, || {
         opt.zero_grad();
         let terms = batch_loss(
             model,
             None,
             policy.as_mut(),
             &tokens,
-            prefix,
-            kept,
-            &loss,
+            shape.prefix,
+            shape.kept,
+            shape.loss,
             &mut rng,
         )
-        .with_context(|| format!("policy `{policy_name}`"))?;
+        .with_context(|| format!("policy `{name}`"))?;
         terms.total.backward();
         opt.clip_grad_norm(optim.clip);
         opt.step(optim.lr);
         Ok(())
-    })?;
+    })
+}
+
+/// Trained tokens per second of one policy with default parameters and loss weights, on a
+/// `[train_batch, train_len]` micro-batch with prefix `T/2` of which a quarter is kept.
+pub fn train_tok_s(model: &Model, plan: &PerfPlan, policy: &str) -> anyhow::Result<f64> {
+    let prefix = (plan.train_len / 2).max(1);
+    let shape = TrainShape {
+        policy,
+        policy_params: &toml::Table::new(),
+        loss: &LossConfig::default(),
+        batch: plan.train_batch,
+        len: plan.train_len,
+        prefix,
+        kept: (prefix / 4).max(1),
+    };
+    let secs = train_step_seconds(model, &shape, plan.warmup, plan.repeats)?;
     Ok((plan.train_batch * plan.train_len) as f64 / secs)
 }
 

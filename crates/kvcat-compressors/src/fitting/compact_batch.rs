@@ -97,8 +97,12 @@ pub fn compact_heads(
     let v_sel = gather_rows(&v, &index);
     let xw = &a_sel * w.unsqueeze(1);
     let x = &xw / xw.sum_dim_intlist(&[2i64][..], true, f).clamp_min(1e-300); // [H, n, t]
+    let picked_visible = visible.gather(1, &index, false);
     let v_fit = if opts.fit_values {
-        ridge_values(&x, &out, &v_sel, opts.ridge)?
+        let kept = picked_visible
+            .sum_dim_intlist(&[1i64][..], true, f)
+            .clamp_min(1.0);
+        ridge_values(&x, &out, &v_sel, opts.ridge, &kept)?
     } else {
         v_sel
     };
@@ -111,7 +115,7 @@ pub fn compact_heads(
         k: gather_rows(&k, &index),
         v: v_fit,
         bias: w.log(),
-        visible: visible.gather(1, &index, false),
+        visible: picked_visible,
         index,
         rel_output_error,
         rel_mass_error,
@@ -136,16 +140,23 @@ fn mass_weights(a_sel: &Tensor, opts: &CompactOptions) -> Result<Tensor> {
 }
 
 /// Ridge least squares for the values, regularised towards the kept originals: per head
-/// `(XᵀX + λI) V' = XᵀO + λ V_sel` with `λ = ridge · tr(XᵀX) / t`. `x` `[H, n, t]`, `out`
-/// `[H, n, d]`, `v_sel` `[H, t, d]` → `[H, t, d]`.
-fn ridge_values(x: &Tensor, out: &Tensor, v_sel: &Tensor, ridge: f64) -> Result<Tensor> {
+/// `(XᵀX + λI) V' = XᵀO + λ V_sel` with `λ = ridge · tr(XᵀX) / kept` (`kept` `[H, 1]`: the
+/// visible picks, as the per-head fit counts them). `x` `[H, n, t]`, `out` `[H, n, d]`,
+/// `v_sel` `[H, t, d]` → `[H, t, d]`.
+fn ridge_values(
+    x: &Tensor,
+    out: &Tensor,
+    v_sel: &Tensor,
+    ridge: f64,
+    kept: &Tensor,
+) -> Result<Tensor> {
     let t = x.size()[2];
     let xt = x.transpose(1, 2);
     let xtx = xt.bmm(x);
     let trace = xtx
         .diagonal(0, 1, 2)
         .sum_dim_intlist(&[1i64][..], true, Kind::Double);
-    let lambda = (trace * (ridge / t as f64)).clamp_min(1e-300).unsqueeze(2); // [H, 1, 1]
+    let lambda = (trace * ridge / kept).clamp_min(1e-300).unsqueeze(2); // [H, 1, 1]
     let eye = Tensor::eye(t, (Kind::Double, x.device())).unsqueeze(0);
     let lhs = &xtx + eye * &lambda;
     let rhs = xt.bmm(out) + v_sel * &lambda;
