@@ -65,7 +65,7 @@ fn compact_heads_equals_compact_head_per_head() {
     let k = Tensor::randn([heads, s, d], (Kind::Double, Device::Cpu));
     let v = Tensor::randn([heads, s, d], (Kind::Double, Device::Cpu));
     // a per-slot bias, and head 3 hides all but 7 slots (fewer than t)
-    let mut offset = Tensor::randn([heads, s], (Kind::Double, Device::Cpu)) * 0.2;
+    let offset = Tensor::randn([heads, s], (Kind::Double, Device::Cpu)) * 0.2;
     let hide = Tensor::arange(s, (Kind::Int64, Device::Cpu)).ge(7);
     let row = offset.get(3).masked_fill(&hide, f64::NEG_INFINITY);
     offset.get(3).copy_(&row);
