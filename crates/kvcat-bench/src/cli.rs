@@ -37,6 +37,8 @@ pub enum Command {
     Report(crate::commands::report::ReportArgs),
     /// Compressibility profile of a checkpoint per layer and KV head (CSV, heatmap, curves).
     Analyze(crate::commands::analyze::AnalyzeArgs),
+    /// Time prefill, decode, compression and training in-process (median of repeats).
+    Perf(crate::commands::perf::PerfArgs),
 }
 
 /// Parses the process arguments, runs the command, prints errors without a backtrace.
@@ -76,6 +78,7 @@ pub fn run(command: Command) -> anyhow::Result<()> {
         Command::Merge(a) => crate::commands::merge::run(a),
         Command::Report(a) => crate::commands::report::run(a),
         Command::Analyze(a) => crate::commands::analyze::run(a),
+        Command::Perf(a) => crate::commands::perf::run(a),
     }
 }
 

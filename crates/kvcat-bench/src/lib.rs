@@ -6,6 +6,7 @@ pub mod cli;
 pub mod commands;
 pub mod evaluate;
 pub mod metrics;
+pub mod perf;
 pub mod report;
 pub mod results;
 pub mod runner;

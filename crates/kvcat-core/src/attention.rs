@@ -8,7 +8,7 @@
 
 use crate::cache::LayerCache;
 use crate::config::LlamaConfig;
-use crate::model::{Linear, WeightInit};
+use crate::model::{records_grad, FusedWeight, Linear, WeightInit};
 use crate::{Error, Result};
 use tch::nn;
 use tch::{Kind, Tensor};
@@ -75,6 +75,8 @@ pub struct Attention {
     pub num_heads: i64,
     pub num_kv_heads: i64,
     pub head_dim: i64,
+    /// `[q; k; v]` `[(heads + 2·kv_heads)·d, hidden]` for inference (one matmul).
+    pub qkv: FusedWeight,
 }
 
 impl Attention {
@@ -88,6 +90,7 @@ impl Attention {
             num_heads: cfg.num_attention_heads,
             num_kv_heads: cfg.num_key_value_heads,
             head_dim: d,
+            qkv: FusedWeight::default(),
         }
     }
 
@@ -101,14 +104,46 @@ impl Attention {
     pub fn project(&self, x: &Tensor, rope: (&Tensor, &Tensor)) -> (Tensor, Tensor, Tensor) {
         let s = x.size();
         let (b, t) = (s[0], s[1]);
-        let split = |y: Tensor, heads: i64| y.view([b, t, heads, self.head_dim]).transpose(1, 2);
-        let q = split(self.q_proj.forward(x), self.num_heads);
-        let k = split(self.k_proj.forward(x), self.num_kv_heads);
-        let v = split(self.v_proj.forward(x), self.num_kv_heads);
+        let split = |y: &Tensor, heads: i64| y.view([b, t, heads, self.head_dim]).transpose(1, 2);
+        let (q, k, v) = self.qkv_projections(x);
+        let (q, k, v) = (
+            split(&q, self.num_heads),
+            split(&k, self.num_kv_heads),
+            split(&v, self.num_kv_heads),
+        );
         (
             apply_rope(&q, rope.0, rope.1),
             apply_rope(&k, rope.0, rope.1),
             v,
+        )
+    }
+
+    /// The three projections of `x` `[b, t, hidden]`: `[b, t, heads·d]`, `[b, t, kv_heads·d]`
+    /// twice. Without autograd, one matmul against the fused `[q; k; v]` weight (`v` is copied
+    /// out so that a cache holding it does not pin the whole fused output).
+    fn qkv_projections(&self, x: &Tensor) -> (Tensor, Tensor, Tensor) {
+        let ws = [
+            &self.q_proj.weight,
+            &self.k_proj.weight,
+            &self.v_proj.weight,
+        ];
+        if ws.iter().any(|w| records_grad(w)) {
+            return (
+                self.q_proj.forward(x),
+                self.k_proj.forward(x),
+                self.v_proj.forward(x),
+            );
+        }
+        let (hq, hk) = (
+            self.num_heads * self.head_dim,
+            self.num_kv_heads * self.head_dim,
+        );
+        let y = x.matmul(&self.qkv.get(&ws).tr());
+        let parts = y.split_with_sizes([hq, hk, hk], -1);
+        (
+            parts[0].shallow_clone(),
+            parts[1].shallow_clone(),
+            parts[2].contiguous(),
         )
     }
 

@@ -8,6 +8,7 @@ use crate::attention::Attention;
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::{Error, Result};
+use std::sync::Mutex;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
 
@@ -114,12 +115,50 @@ impl Linear {
     }
 }
 
+/// Whether a forward through `weight` records autograd history (grad mode on and the weight
+/// trainable). A view made under `no_grad` does not require grad, so this reads the grad mode
+/// without a private API.
+pub fn records_grad(weight: &Tensor) -> bool {
+    weight.requires_grad() && weight.narrow(0, 0, 1).requires_grad()
+}
+
+/// Several `[out_i, in]` weight matrices concatenated along `out` for one matmul instead of
+/// several (fused QKV and gate–up projections). The concatenation is cached and rebuilt when
+/// any part is updated in place or re-allocated (its autograd version or data pointer changes),
+/// so optimiser steps and checkpoint loads are never missed. Used only when no gradient is
+/// recorded; training keeps the separate leaf matmuls. Costs one extra copy of the fused weights.
+#[derive(Debug, Default)]
+pub struct FusedWeight {
+    cached: Mutex<Option<(Vec<(i64, usize)>, Tensor)>>,
+}
+
+impl FusedWeight {
+    /// `cat(parts, 0)`: `[Σ out_i, in]`, from the cache when no part has changed.
+    pub fn get(&self, parts: &[&Tensor]) -> Tensor {
+        let key: Vec<(i64, usize)> = parts
+            .iter()
+            .map(|w| (w.internal_version(), w.data_ptr() as usize))
+            .collect();
+        let mut slot = self.cached.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, w)) = slot.as_ref() {
+            if *k == key {
+                return w.shallow_clone();
+            }
+        }
+        let fused = tch::no_grad(|| Tensor::cat(parts, 0));
+        *slot = Some((key, fused.shallow_clone()));
+        fused
+    }
+}
+
 /// SwiGLU feed-forward: `down(silu(gate(x)) · up(x))`.
 #[derive(Debug)]
 pub struct Mlp {
     pub gate_proj: Linear,
     pub up_proj: Linear,
     pub down_proj: Linear,
+    /// `[gate; up]` `[2·intermediate, hidden]` for inference (one matmul).
+    pub gate_up: FusedWeight,
 }
 
 impl Mlp {
@@ -129,11 +168,20 @@ impl Mlp {
             gate_proj: Linear::new(&(p / "gate_proj"), h, i, init),
             up_proj: Linear::new(&(p / "up_proj"), h, i, init),
             down_proj: Linear::new(&(p / "down_proj"), i, h, init),
+            gate_up: FusedWeight::default(),
         }
     }
+    /// `x` `[.., hidden]` → `[.., hidden]`.
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        self.down_proj
-            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+        let (gate, up) = (&self.gate_proj.weight, &self.up_proj.weight);
+        let hidden = if records_grad(gate) || records_grad(up) {
+            self.gate_proj.forward(x).silu() * self.up_proj.forward(x)
+        } else {
+            let both = x.matmul(&self.gate_up.get(&[gate, up]).tr());
+            let halves = both.chunk(2, -1);
+            halves[0].silu() * &halves[1]
+        };
+        self.down_proj.forward(&hidden)
     }
 }
 

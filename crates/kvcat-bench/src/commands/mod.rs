@@ -8,5 +8,6 @@ pub mod eval;
 pub mod inspect;
 pub mod list;
 pub mod merge;
+pub mod perf;
 pub mod report;
 pub mod train;

@@ -1,26 +1,31 @@
 //! The `--dry-run` time estimate, from short measurements on the manifest's device.
 //!
 //! For every `[[model]]`, a stand-in with its architecture is built (random weights for a
-//! from-scratch model, the real weights for a file) and timed:
+//! from-scratch model, the real weights for a file) and timed the way `kvcat perf` times
+//! (warm-up, then the median of three, device synchronised):
 //!
-//! - a training forward + backward over one sequence of up to 512 tokens (median of three),
-//!   scaled linearly to a `batch_size × seq_len` micro-batch; a job costs
-//!   `steps × grad_accum × passes` micro-batches, where `passes` counts the loss's gradient
-//!   passes (masked, full) plus a third of one for a policy's no-grad teacher pass;
+//! - one real training step per job shape — the job's policy and loss weights through
+//!   [`batch_loss`](crate::train::loss::batch_loss), backward, clipping and AdamW — on a
+//!   `batch_size × seq_len` micro-batch with the mid-range prefix; a job costs
+//!   `steps × grad_accum` of them;
 //! - one synthetic example per compressor (and one uncompressed, for the references) through
 //!   the real evaluation loop at the largest compressed budget, standing for every budget and
-//!   task: measured at the median task context length (at most 512 tokens, 8 generated
-//!   tokens) and scaled linearly to each task's context length.
+//!   task, at the median task context length (8 generated tokens), scaled linearly to each
+//!   task's context length.
 //!
-//! Checkpoints already in the cache and finished cells cost nothing. Loading, tokenising and
-//! data preparation are not counted, and linear scaling understates attention's quadratic
-//! cost at long contexts: read the result as a lower bound within a factor of about two.
+//! On a GPU both are measured at the real shapes. On the CPU, where that would take minutes,
+//! lengths are capped at 512 tokens and training at one sequence, then scaled linearly, which
+//! understates attention's quadratic cost at long contexts (read it as a lower bound).
+//! Checkpoints already in the cache and finished cells cost nothing; loading, tokenising and
+//! data preparation are not counted.
 
 use super::checkpoints::Init;
 use super::grid::{Cell, Grid};
 use super::manifest::Manifest;
 use super::training::{build_config, Source};
 use crate::evaluate::{evaluate_budgets, EvalOptions, Prepared};
+use crate::perf::{train_step_seconds, TrainShape};
+use crate::train::config::TrainConfig;
 use kvcat_core::compressor::build_compressor;
 use kvcat_core::device::{default_dtype, parse_dtype, DeviceChoice};
 use kvcat_core::task::{build_task, Metric};
@@ -41,8 +46,16 @@ pub struct Estimate {
     pub basis: String,
 }
 
-/// The longest context measured directly; longer ones are scaled linearly.
-const MEASURE_MAX_LEN: i64 = 512;
+/// On the CPU, the longest context measured directly; longer ones are scaled linearly.
+const CPU_MEASURE_MAX_LEN: i64 = 512;
+
+/// The longest context measured directly on `device` (unlimited on a GPU).
+fn measure_max_len(device: Device) -> i64 {
+    match device {
+        Device::Cpu => CPU_MEASURE_MAX_LEN,
+        _ => i64::MAX,
+    }
+}
 
 fn secs<T>(f: impl FnOnce() -> Result<T>) -> Result<(T, f64)> {
     let t0 = Instant::now();
@@ -54,32 +67,27 @@ fn random_ids(vocab: i64, len: i64, device: Device) -> Tensor {
     Tensor::randint(vocab, [1, len], (Kind::Int64, device))
 }
 
-/// Seconds of one training micro-batch of `batch × seq` tokens (forward + backward).
-fn time_train_step(model: &Model, batch: i64, seq: i64) -> Result<f64> {
-    let vocab = model.config.vocab_size;
-    let ids = Tensor::randint(vocab, [batch, seq], (Kind::Int64, model.vs.device()));
-    let step = || -> Result<()> {
-        let mut cache = kvcat_core::KvCache::new();
-        let logits = model.forward(&ids, &mut cache)?;
-        let loss = logits
-            .to_kind(Kind::Float)
-            .view([-1, vocab])
-            .cross_entropy_for_logits(&ids.view([-1]));
-        loss.backward();
-        for (_, v) in model.vs.variables() {
-            let mut g = v.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-        Ok(())
+/// Seconds of one training step of `cfg`'s micro-batch (policy, loss, shape), measured at
+/// the real shape on a GPU and at one sequence of at most 512 tokens on the CPU, scaled
+/// linearly.
+fn time_train_step(model: &Model, cfg: &TrainConfig) -> Result<f64> {
+    let cpu = model.device() == Device::Cpu;
+    let len = cfg.seq_len.min(measure_max_len(model.device()));
+    let batch = if cpu { 1 } else { cfg.batch_size };
+    let (lo, hi) = cfg.split.range(cfg.seq_len);
+    let prefix = (((lo + hi) / 2) * len / cfg.seq_len).clamp(1, len - 1);
+    let shape = TrainShape {
+        policy: &cfg.policy.name,
+        policy_params: &cfg.policy.params,
+        loss: &cfg.loss,
+        batch,
+        len,
+        prefix,
+        kept: (prefix / 4).max(1),
     };
-    step()?; // warm-up
-    let mut t: Vec<f64> = (0..3)
-        .map(|_| secs(step).map(|x| x.1))
-        .collect::<Result<_>>()?;
-    t.sort_by(f64::total_cmp);
-    Ok(t[1])
+    let secs =
+        train_step_seconds(model, &shape, 1, 3).map_err(|e| Error::invalid(format!("{e:#}")))?;
+    Ok(secs * (cfg.batch_size as f64 / batch as f64) * (cfg.seq_len as f64 / len as f64))
 }
 
 /// A synthetic example shaped like `task`'s: context of `len` tokens, a short prompt, and
@@ -152,7 +160,7 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
             }
             _ => continue,
         };
-        let mut step_cache: HashMap<(i64, i64), f64> = HashMap::new();
+        let mut step_cache: HashMap<(String, i64, i64), f64> = HashMap::new();
         for &j in &jobs {
             let job = &grid.train_jobs[j];
             let source = match &job.init {
@@ -161,24 +169,16 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
                 Init::Job(_) => Source::Pending,
             };
             let cfg = build_config(m, &job.label, &job.table, job.policy.as_ref(), source)?;
-            // Measured on one sequence of at most 512 tokens, scaled linearly.
-            let seq = cfg.seq_len.min(MEASURE_MAX_LEN);
-            let t = match step_cache.get(&(1, seq)) {
+            let key = (cfg.policy.name.clone(), cfg.batch_size, cfg.seq_len);
+            let t = match step_cache.get(&key) {
                 Some(t) => *t,
                 None => {
-                    let t = time_train_step(&model, 1, seq)?;
-                    step_cache.insert((1, seq), t);
+                    let t = time_train_step(&model, &cfg)?;
+                    step_cache.insert(key, t);
                     t
                 }
-            } * cfg.batch_size as f64
-                * (cfg.seq_len as f64 / seq as f64);
-            let l = &cfg.loss;
-            let mut passes =
-                (l.w_mask > 0.0 || l.w_kd > 0.0) as u32 as f64 + (l.w_full > 0.0) as u32 as f64;
-            if cfg.policy.name != "none" {
-                passes += 1.0 / 3.0;
-            }
-            est.train_seconds += cfg.steps as f64 * cfg.grad_accum as f64 * passes.max(1.0) * t;
+            };
+            est.train_seconds += cfg.steps as f64 * cfg.grad_accum as f64 * t;
         }
         // Evaluation: one synthetic example per compressor (and the reference) at one
         // context length, scaled linearly to each task's context length.
@@ -200,7 +200,7 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
             .get(lens.len() / 2)
             .copied()
             .unwrap_or(256)
-            .min(MEASURE_MAX_LEN);
+            .min(measure_max_len(device));
         let mut cost: HashMap<Option<usize>, f64> = HashMap::new();
         let mut task_len: HashMap<usize, i64> = HashMap::new();
         let _g = tch::no_grad_guard();
@@ -258,7 +258,7 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
         }
     }
     est.basis = format!(
-        "measured on {}: one training micro-batch per shape, one synthetic example per compressor, scaled to each task's length; data preparation and loading not counted",
+        "measured on {}: one training step per policy and shape, one synthetic example per compressor at the median context length (capped at {CPU_MEASURE_MAX_LEN} tokens on the CPU), scaled to each task's length; data preparation and loading not counted",
         kvcat_core::device::device_name(device)
     );
     Ok(est)

@@ -40,3 +40,68 @@ impl Adam {
         Ok(())
     }
 }
+
+/// Loss values are read back to the host once per this many steps (a GPU keeps queueing work
+/// in between).
+pub const CHECK_EVERY: usize = 10;
+
+/// When an Adam fit stops: after `steps` steps, or once the best loss has not improved by a
+/// relative `tol` for `patience` steps (checked every [`CHECK_EVERY`] steps, so up to
+/// `CHECK_EVERY − 1` further steps may run after the rule fires).
+#[derive(Debug, Clone, Copy)]
+pub struct StopRule {
+    pub steps: usize,
+    pub tol: f64,
+    pub patience: usize,
+}
+
+/// Minimises `loss()` (a scalar with gradient to `params`) by Adam at rate `lr` under `rule`.
+/// Returns the loss before each step taken. A non-finite loss is an error naming `what` and
+/// the step.
+pub fn minimise(
+    params: &[&Tensor],
+    lr: f64,
+    rule: StopRule,
+    what: &str,
+    mut loss: impl FnMut() -> Result<Tensor>,
+) -> Result<Vec<f64>> {
+    let mut adam = Adam::new(params, lr);
+    let mut losses = Vec::with_capacity(rule.steps + 1);
+    let mut pending = Vec::with_capacity(CHECK_EVERY);
+    let (mut best, mut stale) = (f64::INFINITY, 0usize);
+    for step in 1..=rule.steps {
+        if params.is_empty() {
+            break;
+        }
+        let l = loss()?;
+        pending.push(l.detach().to_kind(tch::Kind::Double));
+        let grads = Tensor::f_run_backward(&[&l], params, false, false)?;
+        adam.step(params, &grads)?;
+        if pending.len() < CHECK_EVERY && step < rule.steps {
+            continue;
+        }
+        let values: Vec<f64> = Tensor::stack(&pending, 0).try_into()?;
+        pending.clear();
+        let mut stop = false;
+        for lv in values {
+            if !lv.is_finite() {
+                let at = losses.len() + 1;
+                return Err(kvcat_core::Error::invalid(format!(
+                    "{what}: the loss became {lv} at step {at}; lower `lr` (now {lr})"
+                )));
+            }
+            losses.push(lv);
+            if lv < best * (1.0 - rule.tol) {
+                best = lv;
+                stale = 0;
+            } else {
+                stale += 1;
+                stop |= stale >= rule.patience;
+            }
+        }
+        if stop {
+            break;
+        }
+    }
+    Ok(losses)
+}

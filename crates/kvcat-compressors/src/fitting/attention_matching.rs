@@ -13,6 +13,7 @@
 //! reaching the next layer, so later layers are fitted to the queries they will really see.
 
 use super::compact::{compact_head, CompactOptions, KeySelection};
+use super::compact_batch::compact_heads;
 use super::nnls::Method;
 use super::reference::{fit_layers, ReferenceSource};
 use super::{layer_offset, pad_heads};
@@ -21,7 +22,7 @@ use kvcat_core::registry::{parse_params, to_table};
 use kvcat_core::{Error, KvCache, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// How kept keys are chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,37 +144,92 @@ impl AttentionMatchingParams {
 impl AttentionMatching {
     /// Compacts one layer given its per-KV-head reference queries `[b, kv_heads, n, d]`.
     /// Returns the new layer and the (output, mass) relative errors averaged over heads.
+    /// RMS selection fits all heads at once on the cache's device
+    /// ([`compact_heads`](super::compact_batch::compact_heads)); OMP is greedy and runs head
+    /// by head.
     pub fn compact_layer(
         &self,
         layer: &LayerCache,
         refs: &Tensor,
         t: i64,
     ) -> Result<(LayerCache, f64, f64)> {
-        let s = layer.k.size();
-        let (b, h) = (s[0], s[1]);
-        let offset = layer_offset(layer);
         let opts = self.params.compact_options(t);
-        let mut fits = Vec::with_capacity((b * h) as usize);
-        let (mut err, mut mass) = (0.0, 0.0);
-        for bi in 0..b {
-            for hi in 0..h {
-                let off = offset.as_ref().map(|o| o.get(bi).get(hi));
-                let fit = compact_head(
-                    &refs.get(bi).get(hi),
-                    &layer.k.get(bi).get(hi),
-                    &layer.v.get(bi).get(hi),
-                    off.as_ref(),
-                    t,
-                    &opts,
-                )?;
-                err += fit.rel_output_error;
-                mass += fit.rel_mass_error;
-                fits.push(fit);
-            }
+        match opts.selection {
+            KeySelection::RmsAttention => compact_layer_batched(layer, refs, t, &opts),
+            KeySelection::Omp { .. } => compact_layer_per_head(layer, refs, t, &opts),
         }
-        let n = (b * h) as f64;
-        Ok((pad_heads(layer, &fits, t)?, err / n, mass / n))
     }
+}
+
+/// All heads of `layer` at once (RMS selection). See [`AttentionMatching::compact_layer`].
+fn compact_layer_batched(
+    layer: &LayerCache,
+    refs: &Tensor,
+    t: i64,
+    opts: &CompactOptions,
+) -> Result<(LayerCache, f64, f64)> {
+    let s = layer.k.size();
+    let (b, h, slots, d) = (s[0], s[1], s[2], s[3]);
+    let heads = b * h;
+    let flat = |x: &Tensor| x.reshape([heads, -1, d]);
+    let offset = layer_offset(layer).map(|o| o.reshape([heads, slots]));
+    let fit = compact_heads(
+        &flat(refs),
+        &flat(&layer.k),
+        &flat(&layer.v),
+        offset.as_ref(),
+        t.min(slots),
+        opts,
+    )?;
+    let t = fit.index.size()[1];
+    let positions = layer
+        .positions
+        .reshape([heads, slots])
+        .gather(1, &fit.index, false);
+    let kind = layer.k.kind();
+    let new = LayerCache {
+        k: fit.k.view([b, h, t, d]).to_kind(kind),
+        v: fit.v.view([b, h, t, d]).to_kind(kind),
+        positions: positions.view([b, h, t]),
+        // hidden slots can only have been picked when the original layer hid some
+        keep: offset.is_some().then(|| fit.visible.view([b, h, t])),
+        bias: Some(fit.bias.view([b, h, t]).to_kind(Kind::Float)),
+    };
+    let err = fit.rel_output_error.mean(Kind::Double).double_value(&[]);
+    let mass = fit.rel_mass_error.mean(Kind::Double).double_value(&[]);
+    Ok((new, err, mass))
+}
+
+/// Head by head (OMP selection), then padded to `t` slots.
+fn compact_layer_per_head(
+    layer: &LayerCache,
+    refs: &Tensor,
+    t: i64,
+    opts: &CompactOptions,
+) -> Result<(LayerCache, f64, f64)> {
+    let s = layer.k.size();
+    let (b, h) = (s[0], s[1]);
+    let offset = layer_offset(layer);
+    let mut fits = Vec::with_capacity((b * h) as usize);
+    let (mut err, mut mass) = (0.0, 0.0);
+    for bi in 0..b {
+        for hi in 0..h {
+            let off = offset.as_ref().map(|o| o.get(bi).get(hi));
+            let fit = compact_head(
+                &refs.get(bi).get(hi),
+                &layer.k.get(bi).get(hi),
+                &layer.v.get(bi).get(hi),
+                off.as_ref(),
+                t,
+                opts,
+            )?;
+            err += fit.rel_output_error;
+            mass += fit.rel_mass_error;
+            fits.push(fit);
+        }
+    }
+    let n = (b * h) as f64;
+    Ok((pad_heads(layer, &fits, t)?, err / n, mass / n))
 }
 
 impl Compressor for AttentionMatching {

@@ -9,7 +9,7 @@
 //! Each step is one forward and backward pass of the whole model over the sample, so this
 //! objective costs far more than `output_mse`.
 
-use super::adam::Adam;
+use super::adam::{minimise, StopRule};
 use kvcat_core::model::{ForwardOptions, Logits};
 use kvcat_core::{Error, KvCache, LayerCache, Llama, Result};
 use tch::{Kind, Tensor};
@@ -112,34 +112,14 @@ pub fn fit_kl(
             .sum_dim_intlist(&[-1i64][..], false, f)
             .mean(f)
     };
-    let mut adam = Adam::new(&params, s.lr);
-    let mut losses = Vec::with_capacity(s.steps + 1);
-    let (mut best, mut stale) = (f64::INFINITY, 0usize);
-    for step in 1..=s.steps {
-        if params.is_empty() {
-            break;
-        }
-        let loss = kl_of(&logprobs(model, &mut build(false), sample)?);
-        let lv = loss.double_value(&[]);
-        losses.push(lv);
-        if !lv.is_finite() {
-            return Err(Error::invalid(format!(
-                "kv_fit: the KL became {lv} at step {step}; lower `lr` (now {})",
-                s.lr
-            )));
-        }
-        if lv < best * (1.0 - s.tol) {
-            best = lv;
-            stale = 0;
-        } else {
-            stale += 1;
-            if stale >= s.patience {
-                break;
-            }
-        }
-        let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
-        adam.step(&params, &grads)?;
-    }
+    let rule = StopRule {
+        steps: s.steps,
+        tol: s.tol,
+        patience: s.patience,
+    };
+    let mut losses = minimise(&params, s.lr, rule, "kv_fit (next_token_kl)", || {
+        Ok(kl_of(&logprobs(model, &mut build(false), sample)?))
+    })?;
     let _g = tch::no_grad_guard();
     losses.push(kl_of(&logprobs(model, &mut build(true), sample)?).double_value(&[]));
     let mut fitted = build(true);

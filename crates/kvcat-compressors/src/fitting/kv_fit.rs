@@ -17,7 +17,7 @@
 //! jointly to the full cache's next-token distribution over a continuation sample
 //! ([`kl`](super::kl)).
 
-use super::adam::Adam;
+use super::adam::{minimise, StopRule};
 use super::kl::{fit_kl, KlSettings};
 use super::layer_offset;
 use super::reference::{fit_layers, ReferenceSource};
@@ -157,11 +157,7 @@ impl KvFit {
             let off = layer_offset(orig).map(|o| o.to_kind(f));
             attend(&q, &orig.k.to_kind(f), &orig.v.to_kind(f), off.as_ref())
         };
-        let out_norm = out0
-            .pow_tensor_scalar(2)
-            .mean(f)
-            .double_value(&[])
-            .max(1e-30);
+        let out_norm = out0.pow_tensor_scalar(2).mean(f).clamp_min(1e-30);
         let hidden = init.keep.as_ref().map(|m| {
             Tensor::zeros_like(&m.to_kind(f)).masked_fill(&m.logical_not(), f64::NEG_INFINITY)
         });
@@ -189,7 +185,7 @@ impl KvFit {
                 None => beta.shallow_clone(),
             };
             let (lse, out) = attend(&q, k, v, Some(&off));
-            let out_term = (&out - &out0).pow_tensor_scalar(2).mean(f) / out_norm;
+            let out_term = (&out - &out0).pow_tensor_scalar(2).mean(f) / &out_norm;
             let lse_term = (lse - &lse0).pow_tensor_scalar(2).mean(f);
             (&out_term + lse_term * p.mass_weight, out_term)
         };
@@ -197,35 +193,14 @@ impl KvFit {
             .into_iter()
             .filter_map(|(t, free)| free.then_some(t))
             .collect();
-        let mut adam = Adam::new(&params, p.lr);
-        let mut losses = Vec::with_capacity(p.steps + 1);
-        let mut best = f64::INFINITY;
-        let mut stale = 0usize;
-        for step in 1..=p.steps {
-            if params.is_empty() {
-                break;
-            }
-            let (loss, _) = loss_of(&k, &v, &beta);
-            let lv = loss.double_value(&[]);
-            losses.push(lv);
-            if !lv.is_finite() {
-                return Err(Error::invalid(format!(
-                    "kv_fit: the loss became {lv} at step {step}; lower `lr` (now {})",
-                    p.lr
-                )));
-            }
-            if lv < best * (1.0 - p.tol) {
-                best = lv;
-                stale = 0;
-            } else {
-                stale += 1;
-                if stale >= p.patience {
-                    break;
-                }
-            }
-            let grads = Tensor::f_run_backward(&[&loss], &params, false, false)?;
-            adam.step(&params, &grads)?;
-        }
+        let rule = StopRule {
+            steps: p.steps,
+            tol: p.tol,
+            patience: p.patience,
+        };
+        let mut losses = minimise(&params, p.lr, rule, "kv_fit", || {
+            Ok(loss_of(&k, &v, &beta).0)
+        })?;
         let _g = tch::no_grad_guard();
         let (loss, out_term) = loss_of(&k, &v, &beta);
         losses.push(loss.double_value(&[]));

@@ -12,9 +12,11 @@
 pub mod adam;
 pub mod attention_matching;
 pub mod compact;
+pub mod compact_batch;
 pub mod kl;
 pub mod kv_fit;
 pub mod nnls;
+pub mod nnls_batch;
 pub mod reference;
 
 use compact::HeadFit;
