@@ -224,6 +224,7 @@ pub fn train_step_seconds(
             None,
             policy.as_mut(),
             &tokens,
+            &tokens,
             shape.prefix,
             shape.kept,
             shape.loss,
