@@ -210,14 +210,12 @@ pub fn prepare(
         .collect()
 }
 
-/// The first gold answer's text as it follows the answer prefix, by the rule of
-/// [`Example::training_text`]: a space is inserted when there is an answer prefix and the
-/// answer does not start with whitespace (`" The pass key is" + " 7"`); with no prefix the
-/// answer follows the question as is.
+/// The first gold answer's text as it follows the prompt (question + answer prefix), by the
+/// one rule training rows use too ([`Example::answer_continuation`]): a space unless the prompt
+/// ends in whitespace or the answer starts with it (`" The pass key is" + " 7"`,
+/// `"\n king" + " love"`).
 pub fn answer_text(e: &Example) -> Option<String> {
-    let a = e.answers.first().filter(|a| !a.is_empty())?;
-    let sep = !e.answer_prefix.is_empty() && !a.starts_with(char::is_whitespace);
-    Some(if sep { format!(" {a}") } else { a.clone() })
+    e.answer_continuation().filter(|a| !a.trim().is_empty())
 }
 
 /// Token ids of the first gold answer as they follow `prompt` (empty when there is none).

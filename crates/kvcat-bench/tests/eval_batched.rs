@@ -181,6 +181,9 @@ fn answer_text_follows_the_training_text_rule() {
         continuation: vec![],
         depth: None,
     };
+    // `a:` then ` 7`, as the context writes it.
+    assert_eq!(answer_text(&e).unwrap(), " 7");
+    e.question = "a:\n".into();
     assert_eq!(answer_text(&e).unwrap(), "7");
     e.answer_prefix = " The pass key is".into();
     assert_eq!(answer_text(&e).unwrap(), " 7");

@@ -1,6 +1,11 @@
-//! Fresh synthetic rows teach a tiny model to retrieve from its context; a small fixed pool of
-//! rows (what the trainer drew from before) is memorised instead, and the model does not
-//! retrieve. Both runs see the same number of rows of the same format (`mqar`, token level).
+//! Synthetic rows drawn fresh per step, against a small fixed pool of rows (what the trainer
+//! drew from before). On the pool a tiny model memorises the rows: its training loss on the
+//! retrieval targets collapses far below what retrieval from the context alone allows at this
+//! training length. With fresh rows there is nothing to memorise. Both runs see the same
+//! number of rows of the same format (`mqar`, token level, only query values scored).
+//!
+//! What this does *not* show is retrieval itself: at this scale neither run answers fresh
+//! examples above chance (see `docs/benchmarks/evidence.md` for the longer runs).
 
 use kvcat_bench::evaluate::{evaluate, prepare, EvalOptions};
 use kvcat_bench::train::{train, TrainConfig, TrainRunOptions};
@@ -77,13 +82,59 @@ fn config(dir: &Path, pool: Option<usize>) -> TrainConfig {
     c.data.synthetic_pool = pool;
     c.batch_size = 16;
     c.seq_len = 64;
-    c.steps = 300;
+    c.steps = 200;
     c.optim.lr = 3e-3;
     c.optim.warmup = 20;
     c.loss.w_mask = 0.0;
     c.loss.w_full = 1.0;
     c.eval.sequences = 4;
     c
+}
+
+/// Mean training loss (nats per scored token) over the last `k` logged steps of a run.
+fn final_loss(out: &Path, k: usize) -> f64 {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
+    let losses: Vec<f64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v.get("loss").and_then(|x| x.as_f64()))
+        .collect();
+    assert!(losses.len() >= k, "only {} logged steps", losses.len());
+    losses[losses.len() - k..].iter().sum::<f64>() / k as f64
+}
+
+#[test]
+fn a_fixed_pool_is_memorised_where_fresh_rows_are_not() {
+    let fresh_dir = scratch_dir("fresh");
+    train(
+        &config(&fresh_dir, None),
+        &fresh_dir.join("out"),
+        &TrainRunOptions::default(),
+    )
+    .unwrap();
+    let pool_dir = scratch_dir("pool");
+    train(
+        &config(&pool_dir, Some(8)),
+        &pool_dir.join("out"),
+        &TrainRunOptions::default(),
+    )
+    .unwrap();
+    let fresh = final_loss(&fresh_dir.join("out"), 20);
+    let pooled = final_loss(&pool_dir.join("out"), 20);
+    let (acc_fresh, acc_pool) = (
+        accuracy(&fresh_dir.join("out")),
+        accuracy(&pool_dir.join("out")),
+    );
+    eprintln!(
+        "final training loss on query values: fresh rows {fresh:.3}, pool of 8 rows {pooled:.3}; \
+         uncompressed mqar accuracy on fresh examples: {acc_fresh:.3} vs {acc_pool:.3}"
+    );
+    // The pool's rows are learnt by heart; fresh rows cannot be.
+    assert!(pooled < 0.5 * fresh, "pool {pooled} vs fresh {fresh}");
+    // Memorised rows do not transfer to unseen examples.
+    assert!(acc_pool <= 0.25, "pool accuracy {acc_pool}");
+    let _ = std::fs::remove_dir_all(&fresh_dir);
+    let _ = std::fs::remove_dir_all(&pool_dir);
 }
 
 /// Uncompressed `mqar` accuracy of the checkpoint in `out` on 48 fresh examples.
@@ -99,33 +150,4 @@ fn accuracy(out: &Path) -> f64 {
     let prepared = prepare(&m.net, &tok, &examples, &opts).unwrap();
     let r = evaluate(&m.net, &tok, &prepared, None, Budget::full(), &opts).unwrap();
     r.metric("string_match_all").unwrap().mean
-}
-
-#[test]
-fn fresh_rows_teach_retrieval_where_a_fixed_pool_is_memorised() {
-    let fresh_dir = scratch_dir("fresh");
-    train(
-        &config(&fresh_dir, None),
-        &fresh_dir.join("out"),
-        &TrainRunOptions::default(),
-    )
-    .unwrap();
-    let pool_dir = scratch_dir("pool");
-    train(
-        &config(&pool_dir, Some(8)),
-        &pool_dir.join("out"),
-        &TrainRunOptions::default(),
-    )
-    .unwrap();
-    let fresh = accuracy(&fresh_dir.join("out"));
-    let pooled = accuracy(&pool_dir.join("out"));
-    eprintln!(
-        "uncompressed mqar accuracy: fresh rows {fresh:.3}, fixed pool of 8 rows {pooled:.3}"
-    );
-    // Chance is one in the value pool (about 1/20 here).
-    assert!(fresh >= 0.5, "fresh rows: accuracy {fresh}");
-    assert!(pooled <= 0.25, "fixed pool: accuracy {pooled}");
-    assert!(fresh - pooled >= 0.3, "fresh {fresh} vs pool {pooled}");
-    let _ = std::fs::remove_dir_all(&fresh_dir);
-    let _ = std::fs::remove_dir_all(&pool_dir);
 }
