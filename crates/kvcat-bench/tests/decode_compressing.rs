@@ -19,7 +19,7 @@ const NEW: usize = 10;
 
 /// Compressors that rebuild the cache from the uncompressed prefill and so refuse to
 /// re-compress an already-compressed cache (documented in `decode_compressing`).
-const PREFILL_ONLY: [&str; 2] = ["kvzip", "prompt_lingua"];
+const PREFILL_ONLY: [&str; 3] = ["gist", "kvzip", "prompt_lingua"];
 
 fn tiny() -> Model {
     tch::manual_seed(11);
@@ -38,7 +38,11 @@ fn tiny() -> Model {
         bos_token_id: None,
         eos_token_ids: vec![],
     };
-    Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("tiny model")
+    let mut model = Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("tiny model");
+    // summary slots as the `gist` policy learns them, so the `gist` compressor runs too
+    let emb = Tensor::randn([8, 32], (Kind::Float, Device::Cpu)) * 0.02;
+    kvcat_core::summary::attach_summary(&mut model.net, emb, 16);
+    model
 }
 
 fn compressor(name: &str) -> Box<dyn Compressor> {

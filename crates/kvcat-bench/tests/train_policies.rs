@@ -5,11 +5,14 @@
 use kvcat_bench::train::loss::{batch_loss, masked_logits, ntp};
 use kvcat_bench::train::LossConfig;
 use kvcat_compressors as _;
+use kvcat_core::compressor::build_compressor;
 use kvcat_core::model::ForwardOptions;
 use kvcat_core::policy::build_policy;
 use kvcat_core::registry;
+use kvcat_core::summary::{summarize, SummaryLayout};
 use kvcat_core::{
-    KvCache, LlamaConfig, MaskPlan, MaskingPolicy, Model, PolicyDescriptor, PolicyInput,
+    probe, Budget, CompressionInput, KvCache, LlamaConfig, MaskPlan, MaskingPolicy, Model,
+    PolicyDescriptor, PolicyInput,
 };
 use kvcat_policies as _;
 use rand::SeedableRng;
@@ -131,13 +134,18 @@ fn every_policy_masks_have_the_right_shape_and_kept_count() {
             let plan = make_plan(pol.as_mut(), &model, &x, p, kept);
             let want = if *name == "none" { p } else { kept };
             assert_eq!(plan.kept, want, "{name} kept");
+            // summary slots count as kept slots; the keep mask marks the raw ones
+            let raw = plan
+                .summary
+                .as_ref()
+                .map_or(want, |s| want - s.layout.summary_slots());
             assert_eq!(plan.prefix_len, p);
             assert_eq!(plan.keep.len(), 2, "{name}: one mask per layer");
             for m in &plan.keep {
                 assert_eq!(m.size(), vec![b, 2, p], "{name} mask shape");
                 assert_eq!(m.kind(), Kind::Bool);
                 let per_head = m.sum_dim_intlist(-1, false, Kind::Int64);
-                let expect = Tensor::full([b, 2], want, (Kind::Int64, Device::Cpu));
+                let expect = Tensor::full([b, 2], raw, (Kind::Int64, Device::Cpu));
                 assert!(per_head.equal(&expect), "{name} @ {kept}: {per_head}");
             }
             if let Some(soft) = &plan.soft_bias {
@@ -389,4 +397,135 @@ fn attention_matching_omp_fits_better_than_random_subsets() {
         );
         assert!(o < total, "OMP must explain part of the target");
     }
+}
+
+fn gist_params(chunk_len: i64) -> toml::Table {
+    let mut t = toml::Table::new();
+    t.insert("chunk_len".into(), toml::Value::Integer(chunk_len));
+    t
+}
+
+/// Training and evaluation share the summary mechanism: the gist policy's masked pass equals
+/// decoding from the cache the `gist` compressor builds from the policy's saved variables.
+#[test]
+fn gist_training_pass_equals_decoding_from_the_gist_compressed_cache() {
+    let mut model = tiny(2, true);
+    let x = tokens(2, 40);
+    let (p, kept) = (30, 9);
+    let (mut gist, vs) = policy("gist", &model, gist_params(8));
+    let plan = make_plan(gist.as_mut(), &model, &x, p, kept);
+    let layout = &plan.summary.as_ref().unwrap().layout;
+    // 4 chunks (⌈30/8⌉) × 2 slots, and one raw slot of window
+    assert_eq!((layout.summary_slots(), layout.window), (8, 1));
+    assert_eq!(plan.kept, kept);
+    let _g = tch::no_grad_guard();
+    let train = masked_logits(&model, &x, &plan).unwrap().narrow(1, p, 10);
+    for (name, t) in vs.variables() {
+        model.net.learned.insert(name, t.copy()); // as loading the checkpoint does
+    }
+    let ctx = x.narrow(1, 0, p);
+    let (cache, hidden) = probe::prefill_for_compression(&model, &ctx).unwrap();
+    let out = build_compressor("gist", &toml::Table::new())
+        .unwrap()
+        .compress(&CompressionInput {
+            model: &model,
+            cache: &cache,
+            context: &ctx,
+            hidden: &hidden,
+            question: None,
+            budget: Budget::slots(kept).unwrap(),
+            seed: 0,
+        })
+        .unwrap();
+    let mut compressed = out.cache;
+    for l in &compressed.layers {
+        assert_eq!(l.slots(), kept, "summary + window slots per head");
+    }
+    let dec = model.forward(&x.narrow(1, p, 10), &mut compressed).unwrap();
+    let d = (&train - &dec).abs().max().double_value(&[]);
+    assert!(
+        d < 1e-4,
+        "gist training logits differ from compressed decoding by {d}"
+    );
+}
+
+/// A summary slot reads only its own chunk (and earlier summary slots), and sits at the
+/// positions of its chunk's last tokens.
+#[test]
+fn gist_summary_slots_read_only_their_own_chunk() {
+    let model = tiny(2, true);
+    let layout = SummaryLayout::for_budget(24, 6, 8, 4).unwrap(); // 3 chunks × 2 slots
+    assert_eq!(layout.chunks, vec![(0, 8), (8, 16), (16, 24)]);
+    let emb = Tensor::randn([4, 32], (Kind::Float, Device::Cpu)) * 0.5;
+    let a = tokens(1, 24);
+    let b = a.copy();
+    let _ = b.narrow(1, 10, 1).fill_(5); // a token of the second chunk
+    assert_ne!(a.int64_value(&[0, 10]), 5);
+    let _g = tch::no_grad_guard();
+    let sa = summarize(&model, &model.prefill(&a).unwrap(), &emb, &layout).unwrap();
+    let sb = summarize(&model, &model.prefill(&b).unwrap(), &emb, &layout).unwrap();
+    // (a summary slot's layer-0 key is its embedding's; what it read shows from layer 1 on)
+    for (i, (la, lb)) in sa.layers.iter().zip(&sb.layers).enumerate() {
+        let diff = |lo: i64, n: i64| {
+            (la.k.narrow(2, lo, n) - lb.k.narrow(2, lo, n))
+                .abs()
+                .max()
+                .double_value(&[])
+        };
+        assert_eq!(
+            diff(0, 2),
+            0.0,
+            "the first chunk's summaries saw the second chunk"
+        );
+        if i > 0 {
+            assert!(
+                diff(2, 2) > 1e-6,
+                "the second chunk's summaries ignore their chunk"
+            );
+        }
+        let pos = Vec::<i64>::try_from(la.positions.get(0).get(0)).unwrap();
+        assert_eq!(pos, vec![6, 7, 14, 15, 22, 23]);
+    }
+    assert_eq!(
+        sa.seq_len, 24,
+        "what follows continues at the prefix length"
+    );
+}
+
+/// The loss's shared-prefix path (the unmasked pass's cache) gives the same masked term as the
+/// separate masked forward, and gradient reaches the learned summary embeddings.
+#[test]
+fn gist_embeddings_receive_gradient_through_the_kv_cat_loss() {
+    let model = tiny(2, true);
+    let x = tokens(2, 32);
+    let (p, kept) = (20, 6);
+    let (mut gist, vs) = policy("gist", &model, gist_params(8));
+    let terms = batch_loss(
+        &model,
+        None,
+        gist.as_mut(),
+        &x,
+        &x,
+        p,
+        kept,
+        &LossConfig::default(),
+        &mut rand::rngs::StdRng::seed_from_u64(0),
+    )
+    .unwrap();
+    let plan = make_plan(gist.as_mut(), &model, &x, p, kept);
+    let reference = tch::no_grad(|| ntp(&masked_logits(&model, &x, &plan).unwrap(), &x, p));
+    let (a, b) = (terms.mask.unwrap(), reference.double_value(&[]));
+    assert!(
+        (a - b).abs() < 1e-5,
+        "shared-prefix {a} vs masked forward {b}"
+    );
+    terms.total.backward();
+    let vars = vs.variables();
+    let g = vars["gist.embeddings"].grad();
+    let s = g.abs().sum(Kind::Float).double_value(&[]);
+    assert!(s > 0.0 && s.is_finite(), "summary embeddings gradient {s}");
+    assert!(
+        !vars["gist.chunk_len"].requires_grad(),
+        "chunk_len is not trained"
+    );
 }

@@ -29,7 +29,11 @@ fn tiny(kv_heads: i64) -> Model {
         bos_token_id: None,
         eos_token_ids: vec![],
     };
-    Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("tiny model")
+    let mut model = Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("tiny model");
+    // summary slots as the `gist` policy learns them, so the `gist` compressor runs too
+    let emb = Tensor::randn([8, 32], (Kind::Float, Device::Cpu)) * 0.02;
+    kvcat_core::summary::attach_summary(&mut model.net, emb, 16);
+    model
 }
 
 struct Prefilled {

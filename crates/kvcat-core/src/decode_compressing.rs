@@ -10,7 +10,7 @@
 //! `b` compresses to `floor(b · seq_len)` slots per head, an absolute budget to its slot
 //! count. A compression that would keep every slot is skipped and not counted.
 //!
-//! Compressors that rebuild the cache from the uncompressed prefill (`kvzip`,
+//! Compressors that rebuild the cache from the uncompressed prefill (`gist`, `kvzip`,
 //! `prompt_lingua`) refuse an already-compressed cache; the error names the compressor and the
 //! generated-token count.
 

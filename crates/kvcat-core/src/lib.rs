@@ -18,6 +18,7 @@ pub mod positioned;
 pub mod probe;
 pub mod registry;
 pub mod selection;
+pub mod summary;
 pub mod task;
 pub mod tokenizer;
 pub mod toml_paths;
@@ -29,7 +30,9 @@ pub use config::LlamaConfig;
 pub use error::{Error, Result};
 pub use loading::Model;
 pub use model::{ForwardOptions, ForwardOutput, Llama, Logits};
-pub use policy::{MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, PolicyNeeds};
+pub use policy::{
+    MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, PolicyNeeds, SummaryPlan,
+};
 pub use tokenizer::Tokenizer;
 
 pub use inventory;

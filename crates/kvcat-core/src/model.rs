@@ -8,6 +8,7 @@ use crate::attention::Attention;
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::{Error, Result};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use tch::nn::{self, Init};
 use tch::{Kind, Tensor};
@@ -203,6 +204,10 @@ pub struct Llama {
     pub norm: RmsNorm,
     /// `None` when embeddings are tied.
     pub lm_head: Option<Linear>,
+    /// Tensors a train-time policy learned beside the model (a checkpoint's
+    /// `policy.safetensors`, e.g. the `gist` policy's summary embeddings), for the compressor
+    /// paired with that policy. Empty for a model without them.
+    pub learned: BTreeMap<String, Tensor>,
 }
 
 impl Llama {
@@ -250,6 +255,7 @@ impl Llama {
             layers,
             norm,
             lm_head,
+            learned: BTreeMap::new(),
         }
     }
 

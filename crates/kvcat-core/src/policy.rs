@@ -11,6 +11,7 @@ use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::model::{ForwardOutput, Llama};
 use crate::registry::Descriptor;
+use crate::summary::SummaryLayout;
 use crate::{Error, Result};
 use rand::rngs::StdRng;
 use tch::{nn, Kind, Tensor};
@@ -50,6 +51,18 @@ pub struct MaskPlan {
     /// Per layer, optional differentiable additive bias `[b, kv_heads, P]` on the prefix logits
     /// of continuation queries (learned policies route gradient through it).
     pub soft_bias: Option<Vec<Tensor>>,
+    /// Learned summary slots that stand in for the prefix (the `gist` policy): continuation
+    /// queries then see the summary slots plus `layout.window` recent raw slots
+    /// ([`crate::summary`]); `keep` marks that window, and `kept` counts both.
+    pub summary: Option<SummaryPlan>,
+}
+
+/// Summary slots for one batch: the learned embeddings and how they cover the prefix.
+#[derive(Debug)]
+pub struct SummaryPlan {
+    /// `[max_per_chunk, hidden]` (with gradient when learned).
+    pub embeddings: Tensor,
+    pub layout: SummaryLayout,
 }
 
 impl MaskPlan {

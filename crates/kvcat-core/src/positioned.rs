@@ -30,6 +30,33 @@ impl Llama {
                 "tokens must be [batch, time], got shape {size:?}"
             )));
         }
+        let x = Tensor::embedding(
+            &self.embed_tokens,
+            &tokens.to_device(self.device()),
+            -1,
+            false,
+            false,
+        );
+        self.forward_embeds_at(&x, positions, cache, opts)
+    }
+
+    /// Like [`Llama::forward_at`], but from input embeddings `x` `[b, t, hidden]` in the model
+    /// dtype instead of token ids: slots with no token of their own, such as learned summary
+    /// slots ([`crate::summary`]).
+    pub fn forward_embeds_at(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        cache: &mut KvCache,
+        opts: &ForwardOptions,
+    ) -> Result<ForwardOutput> {
+        let size = x.size();
+        if size.len() != 3 || size[2] != self.config.hidden_size {
+            return Err(Error::invalid(format!(
+                "input embeddings must be [batch, time, {}], got shape {size:?}",
+                self.config.hidden_size
+            )));
+        }
         let t = size[1];
         let device = self.device();
         let positions = positions.to_device(device).to_kind(Kind::Int64);
@@ -73,13 +100,7 @@ impl Llama {
             self.config.rope_theta,
             self.kind(),
         );
-        let mut x = Tensor::embedding(
-            &self.embed_tokens,
-            &tokens.to_device(device),
-            -1,
-            false,
-            false,
-        );
+        let mut x = x.to_device(device).to_kind(self.kind());
         let mut out = ForwardOutput::default();
         let fresh = cache.is_empty();
         for (i, layer) in self.layers.iter().enumerate() {

@@ -193,6 +193,7 @@ impl MaskingPolicy for AttentionMatchingPolicy {
             kept: input.kept,
             keep,
             soft_bias: self.params.beta_bias.then_some(bias),
+            summary: None,
         })
     }
 }

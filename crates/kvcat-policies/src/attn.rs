@@ -73,6 +73,7 @@ impl MaskingPolicy for AttnPolicy {
             kept: input.kept,
             keep,
             soft_bias: None,
+            summary: None,
         })
     }
 }

@@ -13,11 +13,13 @@
 //! | `attn` | ATTN: the slots with the highest attention mass from the continuation queries |
 //! | `attention_matching` | OMP selection of the slots whose (re-weighted) attention best reproduces the continuation queries' prefix attention output (Zweiger et al., 2026) |
 //! | `router` | a learned per-layer linear scorer on keys or hidden states, straight-through / log-utility relaxation of top-b |
+//! | `gist` | learned summary slots per prefix chunk (gist tokens, Activation Beacon): continuation queries see the summaries plus a recent window; summary slots count as kept ([`kvcat_core::summary`]) |
 //! | `sink_window` | attention sinks plus the most recent prefix slots (StreamingLLM-style) |
 //! | `scorer` | the slots any registered eviction scorer (`knorm`, `snapkv`, …) keeps: training for the compressor of that name, with the same top-k ([`kvcat_core::selection`]) |
 
 pub mod attention_matching;
 pub mod attn;
+pub mod gist;
 pub mod none;
 pub mod rand_policy;
 pub mod router;
@@ -29,6 +31,7 @@ pub mod util;
 pub const POLICY_NAMES: &[&str] = &[
     "attention_matching",
     "attn",
+    "gist",
     "none",
     "rand",
     "router",

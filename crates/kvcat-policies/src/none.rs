@@ -33,6 +33,7 @@ impl MaskingPolicy for NonePolicy {
             kept: p,
             keep,
             soft_bias: None,
+            summary: None,
         })
     }
 }

@@ -64,6 +64,7 @@ impl MaskingPolicy for RandPolicy {
             kept: input.kept,
             keep,
             soft_bias: None,
+            summary: None,
         })
     }
 }

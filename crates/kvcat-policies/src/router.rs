@@ -223,6 +223,7 @@ impl MaskingPolicy for RouterPolicy {
             kept: input.kept,
             keep,
             soft_bias: Some(bias),
+            summary: None,
         })
     }
     fn regularizer(&self) -> Option<Tensor> {

@@ -189,6 +189,7 @@ impl MaskingPolicy for ScorerPolicy {
             kept: input.kept,
             keep,
             soft_bias: None,
+            summary: None,
         })
     }
 }

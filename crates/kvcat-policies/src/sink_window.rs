@@ -54,6 +54,7 @@ impl MaskingPolicy for SinkWindowPolicy {
                 .map(|_| mask.shallow_clone())
                 .collect(),
             soft_bias: None,
+            summary: None,
         })
     }
 }

@@ -48,7 +48,7 @@ pub struct TrainerState {
 /// File names inside a checkpoint directory.
 pub const STATE: &str = "trainer_state.json";
 pub const OPTIMIZER: &str = "optimizer.safetensors";
-pub const POLICY_WEIGHTS: &str = "policy.safetensors";
+pub use kvcat_core::loading::POLICY_WEIGHTS;
 
 /// Writes a complete checkpoint into `dir`.
 pub fn save(

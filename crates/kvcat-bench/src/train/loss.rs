@@ -21,6 +21,7 @@
 
 use super::config::{LossConfig, TeacherChoice};
 use kvcat_core::model::{ForwardOptions, ForwardOutput, Logits};
+use kvcat_core::summary::summarize;
 use kvcat_core::{Error, KvCache, LayerCache, Llama, MaskPlan, MaskingPolicy, PolicyInput, Result};
 use rand::rngs::StdRng;
 use tch::{Kind, Reduction, Tensor};
@@ -84,44 +85,71 @@ pub fn kl_rows(teacher: &Tensor, student: &Tensor, tau: f64) -> Tensor {
     kl.mean(Kind::Float) * (tau * tau)
 }
 
-/// Logits `[b, T, V]` of `tokens` `[b, T]` under a policy's plan (one forward, layer bias).
+/// Logits `[b, T, V]` of `tokens` `[b, T]` under a policy's plan: one forward with the layer
+/// bias, or, for a summary plan, the prefix then the continuation over the summarised prefix.
 pub fn masked_logits(model: &Llama, tokens: &Tensor, plan: &MaskPlan) -> Result<Tensor> {
     let t = tokens.size()[1];
+    let opts = |bias| ForwardOptions {
+        layer_bias: bias,
+        ..Default::default()
+    };
+    if plan.summary.is_some() {
+        let p = plan.prefix_len;
+        let mut prefix = KvCache::new();
+        let head = model.forward_with(&tokens.narrow(1, 0, p), &mut prefix, &opts(None))?;
+        let head = head
+            .logits
+            .ok_or_else(|| Error::invalid("prefix forward computed no logits"))?;
+        let cont = continuation_logits(model, tokens, plan, &prefix)?;
+        return Ok(Tensor::cat(&[head, cont], 1));
+    }
     let bias = plan.layer_bias(t, model.kind())?;
-    let out = model.forward_with(
-        tokens,
-        &mut KvCache::new(),
-        &ForwardOptions {
-            layer_bias: Some(&bias),
-            ..Default::default()
-        },
-    )?;
+    let out = model.forward_with(tokens, &mut KvCache::new(), &opts(Some(&bias)))?;
     out.logits
         .ok_or_else(|| Error::invalid("masked forward computed no logits"))
 }
 
-/// The masked student's logits for positions `P−1 .. T−1` (`[b, T − P, V]`, the rows that
-/// predict the continuation), given the unmasked pass with gradient over all `T` tokens: its
-/// logits `full` `[b, T, V]` and its cache `unmasked`. Row `P−1` is a prefix query, which no
-/// plan masks, so it is `full`'s; the continuation is run again at positions `P..T` over the
-/// unmasked pass's first `P` cached slots (gradient flows into them) with rows `P..T` of the
-/// plan's bias. Equals the same rows of [`masked_logits`].
-pub fn masked_continuation_logits(
+/// The continuation's logits `[b, T − P, V]` (row `i` at continuation token `P + i`, at
+/// position `P + i`) over a cache of the first `P` tokens: with the plan's bias rows, or, for a
+/// summary plan, over the summarised prefix ([`kvcat_core::summary::summarize`]). Gradient
+/// flows into `prefix` and the summary embeddings.
+fn continuation_logits(
     model: &Llama,
     tokens: &Tensor,
     plan: &MaskPlan,
-    full: &Tensor,
-    unmasked: &KvCache,
+    prefix: &KvCache,
 ) -> Result<Tensor> {
     let (t, p) = (tokens.size()[1], plan.prefix_len);
     let c = t - p;
-    let bias: Vec<Tensor> = plan
-        .layer_bias(t, model.kind())?
-        .iter()
-        .map(|b| b.narrow(2, p, c))
-        .collect();
-    let mut prefix = KvCache {
-        layers: unmasked
+    let (mut cache, bias) = match &plan.summary {
+        Some(sp) => (summarize(model, prefix, &sp.embeddings, &sp.layout)?, None),
+        None => {
+            let bias: Vec<Tensor> = plan
+                .layer_bias(t, model.kind())?
+                .iter()
+                .map(|b| b.narrow(2, p, c))
+                .collect();
+            (prefix_view(prefix, p), Some(bias))
+        }
+    };
+    let positions = Tensor::arange_start(p, t, (Kind::Int64, model.device()));
+    let out = model.forward_at(
+        &tokens.narrow(1, p, c),
+        &positions,
+        &mut cache,
+        &ForwardOptions {
+            layer_bias: bias.as_deref(),
+            ..Default::default()
+        },
+    )?;
+    out.logits
+        .ok_or_else(|| Error::invalid("masked continuation computed no logits"))
+}
+
+/// The first `p` slots of `cache`, sharing its tensors (and their gradient).
+fn prefix_view(cache: &KvCache, p: i64) -> KvCache {
+    KvCache {
+        layers: cache
             .layers
             .iter()
             .map(|l| LayerCache {
@@ -133,22 +161,27 @@ pub fn masked_continuation_logits(
             })
             .collect(),
         seq_len: p,
-    };
-    let positions = Tensor::arange_start(p, t, (Kind::Int64, model.device()));
-    let out = model.forward_at(
-        &tokens.narrow(1, p, c),
-        &positions,
-        &mut prefix,
-        &ForwardOptions {
-            layer_bias: Some(&bias),
-            ..Default::default()
-        },
-    )?;
-    let cont = out
-        .logits
-        .ok_or_else(|| Error::invalid("masked continuation computed no logits"))?;
+    }
+}
+
+/// The masked student's logits for positions `P−1 .. T−1` (`[b, T − P, V]`, the rows that
+/// predict the continuation), given the unmasked pass with gradient over all `T` tokens: its
+/// logits `full` `[b, T, V]` and its cache `unmasked`. Row `P−1` is a prefix query, which no
+/// plan masks, so it is `full`'s; the continuation is run again over the unmasked pass's first
+/// `P` cached slots (gradient flows into them) with the plan's mask or summaries
+/// ([`continuation_logits`]). Equals the same rows of [`masked_logits`].
+pub fn masked_continuation_logits(
+    model: &Llama,
+    tokens: &Tensor,
+    plan: &MaskPlan,
+    full: &Tensor,
+    unmasked: &KvCache,
+) -> Result<Tensor> {
+    let (t, p) = (tokens.size()[1], plan.prefix_len);
+    let prefix = prefix_view(unmasked, p);
+    let cont = continuation_logits(model, tokens, plan, &prefix)?;
     Ok(Tensor::cat(
-        &[full.narrow(1, p - 1, 1), cont.narrow(1, 0, c - 1)],
+        &[full.narrow(1, p - 1, 1), cont.narrow(1, 0, t - p - 1)],
         1,
     ))
 }
@@ -292,7 +325,7 @@ pub fn batch_loss(
         kept: plan.kept,
     };
     if loss.w_mask > 0.0 || want_kd {
-        let identity = plan.soft_bias.is_none() && plan.kept >= p;
+        let identity = plan.soft_bias.is_none() && plan.summary.is_none() && plan.kept >= p;
         // the student's rows P−1..T−1, which predict the continuation
         let student = match (&full_logits, &graph_cache, identity) {
             (Some(f), _, true) => f.narrow(1, p - 1, t - p),
@@ -362,6 +395,7 @@ mod tests {
             kept: p / 2,
             keep,
             soft_bias: Some(vec![soft * 1.0, soft * 0.5]),
+            summary: None,
         }
     }
 

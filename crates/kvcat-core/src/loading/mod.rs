@@ -87,6 +87,9 @@ impl Model {
         };
         model.vs.set_kind(kind);
         model.source = path.display().to_string();
+        if path.is_dir() {
+            model.net.learned = read_learned(&path.join(POLICY_WEIGHTS), device, kind)?;
+        }
         Ok(model)
     }
 
@@ -110,6 +113,37 @@ impl Model {
         }
         Ok(())
     }
+}
+
+/// The file of a checkpoint directory that holds a train-time policy's learned parameters.
+pub const POLICY_WEIGHTS: &str = "policy.safetensors";
+
+/// Reads a checkpoint's learned policy tensors (floating ones cast to `kind`), or none when
+/// the file does not exist.
+fn read_learned(
+    file: &Path,
+    device: Device,
+    kind: Kind,
+) -> Result<std::collections::BTreeMap<String, tch::Tensor>> {
+    if !file.exists() {
+        return Ok(Default::default());
+    }
+    let tensors = tch::Tensor::read_safetensors(file).map_err(|e| Error::Format {
+        file: file.display().to_string(),
+        reason: format!("not a safetensors file of policy parameters: {e}"),
+    })?;
+    Ok(tensors
+        .into_iter()
+        .map(|(name, t)| {
+            let t = t.to_device(device);
+            let t = if t.is_floating_point() {
+                t.to_kind(kind)
+            } else {
+                t
+            };
+            (name, t)
+        })
+        .collect())
 }
 
 /// Writes named tensors to a safetensors file. A failed write is an [`Error::Io`] naming
