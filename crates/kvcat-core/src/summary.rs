@@ -137,10 +137,17 @@ pub fn summarize(
     let Some(first) = prefix.layers.first() else {
         return Err(Error::invalid("summarize: the prefix cache is empty"));
     };
-    if first.slots() != p || prefix.seq_len != p {
+    if first.slots() != prefix.seq_len {
         return Err(Error::invalid(format!(
-            "summarize: the prefix cache has {} slots at length {}, the layout expects {p}",
+            "summary slots are computed from an uncompressed prefill, but this cache holds {} \
+             slots for {} tokens (already compressed)",
             first.slots(),
+            prefix.seq_len
+        )));
+    }
+    if prefix.seq_len != p {
+        return Err(Error::invalid(format!(
+            "summarize: the cache holds {} tokens, the layout was made for {p}",
             prefix.seq_len
         )));
     }

@@ -85,14 +85,28 @@ fn fmt_secs(s: f64) -> String {
 }
 
 fn grid_formula(m: &Manifest, grid: &Grid) -> String {
-    format!(
-        "{} cells = {} checkpoints × {} tasks × (1 reference + {} compressors × {} budgets)",
-        grid.cells.len(),
+    let formula = format!(
+        "{} checkpoints × {} tasks × (1 reference + {} compressors × {} budgets)",
         grid.checkpoints.len(),
         m.task.len(),
         m.compressor.len(),
         m.compressed_budgets().len()
-    )
+    );
+    let restricted: Vec<&str> = m
+        .compressor
+        .iter()
+        .filter(|c| !c.policies.is_empty())
+        .map(|c| c.name.as_str())
+        .collect();
+    if restricted.is_empty() {
+        format!("{} cells = {formula}", grid.cells.len())
+    } else {
+        format!(
+            "{} cells: {formula}, less the checkpoints that {} skips (its `policies`)",
+            grid.cells.len(),
+            restricted.join(", ")
+        )
+    }
 }
 
 fn dry_run(m: &Manifest, opts: &BenchOptions, with_estimate: bool) -> anyhow::Result<()> {
@@ -214,6 +228,13 @@ fn print_summary(m: &Manifest, opts: &BenchOptions, s: &BenchSummary) {
         opts.checkpoints.display()
     );
     eprintln!("  results   {}", opts.out.join(RESULTS_FILE).display());
+    if s.analyzed > 0 {
+        eprintln!(
+            "  analyze   {} profile directories written under {}",
+            s.analyzed,
+            opts.out.join("analyze").display()
+        );
+    }
     eprintln!("  wall      {}", fmt_secs(s.seconds));
     if s.stopped_early {
         eprintln!("  stopped after --max-cells; run the same command again to continue");

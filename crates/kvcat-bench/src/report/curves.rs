@@ -241,15 +241,17 @@ pub fn build_curves(m: &Manifest, rows: &[ResultRow]) -> Vec<Curve> {
                         .get(&key)
                         .map(|b| b.values().map(|p| mean_point(p)).collect())
                         .unwrap_or_default();
+                    // A compressor not crossed with this checkpoint has no curve (the
+                    // reference alone is not one).
+                    if pts.is_empty() {
+                        continue;
+                    }
                     if let Some(r) =
                         reference.get(&(model.name.clone(), policy.clone(), tk.clone()))
                     {
                         if !pts.iter().any(|p| p.budget >= 1.0) {
                             pts.push(mean_point(r));
                         }
-                    }
-                    if pts.is_empty() {
-                        continue;
                     }
                     pts.sort_by(|a, b| a.budget.total_cmp(&b.budget));
                     curves.push(Curve {

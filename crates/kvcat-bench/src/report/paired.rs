@@ -201,17 +201,19 @@ impl Pair<'_> {
             .collect()
     }
 
-    /// Per-example differences of the AUC over the budgets both policies have.
+    /// Per-example differences of the AUC over the budgets both policies have (none when they
+    /// share no compressed budget).
     fn auc_diffs(&self, side: &Side, compressor: &str) -> Vec<f64> {
         let mut cells: Vec<(&Scores, &Scores)> = self
             .budgets
             .iter()
             .filter_map(|b| self.at(side, compressor, b))
             .collect();
-        cells.extend(self.at(side, REFERENCE_COMPRESSOR, REFERENCE_BUDGET));
+        // No compressed budget in common (a compressor crossed with one side only): no AUC.
         if cells.is_empty() {
             return Vec::new();
         }
+        cells.extend(self.at(side, REFERENCE_COMPRESSOR, REFERENCE_BUDGET));
         cells.sort_by(|a, b| a.0.x.total_cmp(&b.0.x));
         let mut ids: Vec<&String> = cells[0].0.values.keys().collect();
         ids.sort();

@@ -5,7 +5,8 @@
 
 use super::checkpoints::{Checkpoint, TrainJob};
 use super::grid::Cell;
-use super::manifest::{Manifest, PluginSpec, TaskSpec, REFERENCE_COMPRESSOR};
+use super::manifest::{AnalyzeSpec, Manifest, PluginSpec, TaskSpec, REFERENCE_COMPRESSOR};
+use crate::analyze::table::ProfileRow;
 use crate::results::{ExampleScore, ResultRow};
 use indicatif::ProgressBar;
 use kvcat_core::registry::params_string;
@@ -102,5 +103,17 @@ pub trait CellExecutor {
     /// Returns one outcome per cell, in order. The default evaluates them one by one.
     fn evaluate_group(&mut self, ctxs: &[CellContext]) -> Vec<Result<CellOutput>> {
         ctxs.iter().map(|c| self.evaluate(c)).collect()
+    }
+
+    /// Profiles the checkpoint at `weights` per `spec` ([`crate::analyze`]), its rows named
+    /// `name`. The default profiles nothing (executors that do not load models).
+    fn analyze(
+        &mut self,
+        _m: &Manifest,
+        _spec: &AnalyzeSpec,
+        _name: &str,
+        _weights: &Path,
+    ) -> Result<Vec<ProfileRow>> {
+        Ok(Vec::new())
     }
 }

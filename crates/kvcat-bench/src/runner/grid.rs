@@ -63,6 +63,8 @@ struct CellKey<'a> {
     n: usize,
     task_seed: u64,
     query_aware: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    compress_every: Option<usize>,
     compressor: &'a str,
     compressor_params: Option<&'a toml::Table>,
     budget: String,
@@ -88,6 +90,7 @@ impl Grid {
                         n: t.n,
                         task_seed: t.seed,
                         query_aware: t.query_aware,
+                        compress_every: t.compress_every,
                         compressor: comp
                             .map(|c| c.name.as_str())
                             .unwrap_or(REFERENCE_COMPRESSOR),
@@ -106,6 +109,9 @@ impl Grid {
                 };
                 push(None, Budget::full());
                 for k in 0..m.compressor.len() {
+                    if !m.compressor[k].crosses(&ck.policy) {
+                        continue;
+                    }
                     for b in &budgets {
                         push(Some(k), *b);
                     }

@@ -34,11 +34,19 @@
 //! [[compressor]]
 //! name = "snapkv"
 //! params = { window = 8 }
+//! # policies = ["gist"]   # optional: cross only with checkpoints of these policy labels
 //!
 //! [[task]]
 //! name = "passkey"
 //! n = 20
 //! params = { … }
+//! # compress_every = 16  # optional: also compress during generation, every 16 new tokens
+//!
+//! [analyze]               # optional: a compressibility profile of every checkpoint
+//! task = "passkey"        # a [[task]] above (its params and seed)
+//! n = 8
+//! budgets = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75]
+//! compressors = ["snapkv"]  # [[compressor]] entries profiled beside the oracle
 //! ```
 //!
 //! `seeds` crosses continued pretraining with training seeds: every `[[policy]]` of every
@@ -103,6 +111,25 @@ pub struct Manifest {
     pub policy: Vec<PolicySpec>,
     pub compressor: Vec<PluginSpec>,
     pub task: Vec<TaskSpec>,
+    /// `[analyze]`: a compressibility profile of every checkpoint beside the end metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub analyze: Option<AnalyzeSpec>,
+}
+
+/// `[analyze]`: profile every checkpoint ([`crate::analyze`]) on examples of one task, and
+/// every policy against `none`; written under `<out>/analyze/<model>/`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AnalyzeSpec {
+    /// A `[[task]]` entry by name (the first of that name): its parameters and seed.
+    pub task: String,
+    /// Examples profiled.
+    pub n: usize,
+    /// Budget fractions of the eviction curves.
+    pub budgets: Vec<f64>,
+    /// `[[compressor]]` entries by name (with their parameters) profiled beside the oracle.
+    #[serde(default)]
+    pub compressors: Vec<String>,
 }
 
 /// Where a model comes from.
@@ -129,6 +156,19 @@ pub struct PluginSpec {
     pub name: String,
     #[serde(default)]
     pub params: toml::Table,
+    /// The checkpoints this compressor is crossed with, by policy label (`gist`,
+    /// `scorer:knorm`, `base`); empty crosses it with every checkpoint. For a compressor that
+    /// needs what one policy learned: the `gist` compressor reads the `gist` policy's summary
+    /// embeddings.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<String>,
+}
+
+impl PluginSpec {
+    /// Whether this compressor is crossed with checkpoints of the policy labelled `policy`.
+    pub fn crosses(&self, policy: &str) -> bool {
+        self.policies.is_empty() || self.policies.iter().any(|p| p == policy)
+    }
 }
 
 /// A masking policy: resolved parameters plus its overrides of the shared `[train]` table.
@@ -158,6 +198,11 @@ pub struct TaskSpec {
     /// The metric the report plots (default: the task's first metric).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metric: Option<String>,
+    /// Also compress during generation: after every `N` generated tokens the cache is
+    /// compressed back to the cell's budget ([`kvcat_core::decode_compressing`]); rows gain
+    /// `decode_compressions` and `decode_kv_bytes_end`. Absent: prefill-only compression.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compress_every: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------------------
@@ -183,6 +228,16 @@ struct RawManifest {
     compressor: Vec<RawPlugin>,
     #[serde(default)]
     task: Vec<RawTask>,
+    analyze: Option<RawAnalyze>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAnalyze {
+    task: Spanned<String>,
+    n: Option<Spanned<usize>>,
+    budgets: Option<Spanned<Vec<f64>>>,
+    compressors: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -208,6 +263,7 @@ struct RawPolicy {
 struct RawPlugin {
     name: Spanned<String>,
     params: Option<Spanned<toml::Table>>,
+    policies: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Deserialize)]
@@ -219,6 +275,7 @@ struct RawTask {
     seed: Option<u64>,
     query_aware: Option<bool>,
     metric: Option<Spanned<String>>,
+    compress_every: Option<Spanned<i64>>,
 }
 
 /// Where the manifest has tables and arrays of tables: a value of another kind there is
@@ -234,6 +291,7 @@ train = {}
 params = {}
 [[task]]
 params = {}
+[analyze]
 "#;
 
 fn manifest_shape() -> toml::Table {
@@ -383,6 +441,109 @@ fn parse_seeds(raw: &RawManifest, loc: &Locator) -> Result<Vec<u64>> {
         return err("sets each policy's training seed, so [train] and [[policy]] train tables must not set `seed`");
     }
     Ok(seeds)
+}
+
+/// Budget fractions `kvcat analyze` sweeps by default.
+pub const ANALYZE_BUDGETS: [f64; 6] = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75];
+
+/// Resolves `[analyze]` against the manifest's tasks and compressors.
+fn parse_analyze(
+    loc: &Locator,
+    raw: Option<&RawAnalyze>,
+    m: &Manifest,
+) -> Result<Option<AnalyzeSpec>> {
+    let Some(a) = raw else {
+        return Ok(None);
+    };
+    let task = a.task.get_ref();
+    if !m.task.iter().any(|t| &t.name == task) {
+        let known: Vec<&str> = m.task.iter().map(|t| t.name.as_str()).collect();
+        return Err(loc.at(
+            Some(a.task.span()),
+            "analyze.task",
+            format!(
+                "`{task}` is not a [[task]] of this manifest; known: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    let n = a.n.as_ref().map_or(8, |n| *n.get_ref());
+    if n == 0 {
+        let span = a.n.as_ref().map(|n| n.span());
+        return Err(loc.at(span, "analyze.n", "must be at least 1"));
+    }
+    let budgets = a
+        .budgets
+        .as_ref()
+        .map_or(ANALYZE_BUDGETS.to_vec(), |b| b.get_ref().clone());
+    if budgets.is_empty() || budgets.iter().any(|b| !(*b > 0.0 && *b <= 1.0)) {
+        let span = a.budgets.as_ref().map(|b| b.span());
+        return Err(loc.at(span, "analyze.budgets", "give fractions in (0, 1]"));
+    }
+    let compressors = a
+        .compressors
+        .as_ref()
+        .map_or(Vec::new(), |c| c.get_ref().clone());
+    if let Some(bad) = compressors
+        .iter()
+        .find(|c| !m.compressor.iter().any(|x| &x.name == *c))
+    {
+        let known: Vec<&str> = m.compressor.iter().map(|c| c.name.as_str()).collect();
+        let span = a.compressors.as_ref().map(|c| c.span());
+        return Err(loc.at(
+            span,
+            "analyze.compressors",
+            format!(
+                "`{bad}` is not a [[compressor]] of this manifest; known: {}",
+                known.join(", ")
+            ),
+        ));
+    }
+    Ok(Some(AnalyzeSpec {
+        task: task.clone(),
+        n,
+        budgets,
+        compressors,
+    }))
+}
+
+/// Checks that every label in a compressor's `policies` names a checkpoint's policy.
+fn check_compressor_policies(
+    loc: &Locator,
+    raw: &[RawPlugin],
+    checkpoints: &[super::checkpoints::Checkpoint],
+) -> Result<()> {
+    let mut known: Vec<&str> = checkpoints.iter().map(|c| c.policy.as_str()).collect();
+    known.sort_unstable();
+    known.dedup();
+    for (i, c) in raw.iter().enumerate() {
+        let Some(policies) = &c.policies else {
+            continue;
+        };
+        let field = format!("compressor[{i}].policies");
+        if policies.get_ref().is_empty() {
+            return Err(loc.at(
+                Some(policies.span()),
+                field,
+                "is empty: list policy labels, or remove it to cross every checkpoint",
+            ));
+        }
+        if let Some(bad) = policies
+            .get_ref()
+            .iter()
+            .find(|p| !known.contains(&p.as_str()))
+        {
+            return Err(loc.at(
+                Some(policies.span()),
+                field,
+                format!(
+                    "`{bad}` is not the label of any checkpoint; known: {}",
+                    known.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Expands `[[policy]] name = "matched"`: one `scorer` policy per compressor that is also a
@@ -683,6 +844,11 @@ impl Manifest {
             let spec = PluginSpec {
                 name: built.name().to_string(),
                 params: built.params(),
+                policies: c
+                    .policies
+                    .as_ref()
+                    .map(|p| p.get_ref().clone())
+                    .unwrap_or_default(),
             };
             if compressors.contains(&spec) {
                 return Err(loc.at(
@@ -736,6 +902,17 @@ impl Manifest {
                     };
                     loc.at(Some(span), format!("{field}.{f}"), e.to_string())
                 })?;
+            let compress_every = match &t.compress_every {
+                Some(c) if *c.get_ref() >= 1 => Some(*c.get_ref() as usize),
+                Some(c) => {
+                    return Err(loc.at(
+                        Some(c.span()),
+                        format!("{field}.compress_every"),
+                        format!("must be at least 1 generated token, got {}", c.get_ref()),
+                    ))
+                }
+                None => None,
+            };
             let spec = TaskSpec {
                 name: t.name.get_ref().clone(),
                 params,
@@ -743,6 +920,7 @@ impl Manifest {
                 seed: t.seed.unwrap_or(raw.seed),
                 query_aware: t.query_aware.unwrap_or(false),
                 metric: t.metric.as_ref().map(|m| m.get_ref().clone()),
+                compress_every,
             };
             if tasks.iter().any(|x| {
                 x.name == spec.name
@@ -750,6 +928,7 @@ impl Manifest {
                     && x.n == spec.n
                     && x.seed == spec.seed
                     && x.query_aware == spec.query_aware
+                    && x.compress_every == spec.compress_every
             }) {
                 return Err(loc.at(
                     Some(t.name.span()),
@@ -783,11 +962,17 @@ impl Manifest {
             policy: policies,
             compressor: compressors,
             task: tasks,
+            analyze: None,
         };
         // Training tables are checked by building every checkpoint's training config.
-        super::checkpoints::plan_checkpoints(&manifest)
+        let (_, checkpoints) = super::checkpoints::plan_checkpoints(&manifest)
             .map_err(|e| locate_training_error(&loc, &raw, e))?;
-        Ok(manifest)
+        check_compressor_policies(&loc, &raw.compressor, &checkpoints)?;
+        let analyze = parse_analyze(&loc, raw.analyze.as_ref(), &manifest)?;
+        Ok(Manifest {
+            analyze,
+            ..manifest
+        })
     }
 
     /// The budgets crossed with compressors: every budget except the full one, which is the

@@ -12,6 +12,7 @@
 //! - [`merge`]: joining shard directories.
 //! - [`estimate`]: the `--dry-run` time estimate.
 
+mod analysis;
 pub mod checkpoints;
 pub mod estimate;
 pub mod executor;
@@ -91,6 +92,8 @@ pub struct BenchSummary {
     pub reused: usize,
     /// Whether `max_cells` stopped the run early.
     pub stopped_early: bool,
+    /// Profile directories the `[analyze]` step wrote now (`<out>/analyze/`).
+    pub analyzed: usize,
     pub seconds: f64,
     pub out: PathBuf,
 }
@@ -437,6 +440,17 @@ pub fn run_bench(
             );
         }
         pb.finish_and_clear();
+        if let Some(spec) = m.analyze.as_ref().filter(|_| !summary.stopped_early) {
+            summary.analyzed = analysis::analyze_checkpoints(
+                m,
+                spec,
+                &opts.out,
+                &mut ckpts,
+                exec,
+                &bars,
+                opts.progress,
+            )?;
+        }
     }
     failures.compact(|id| store.is_done(id))?;
     summary.trained = ckpts.trained;

@@ -7,8 +7,11 @@
 
 use super::checkpoints::TrainJob;
 use super::executor::{CellContext, CellExecutor, CellOutput};
-use super::manifest::Manifest;
+use super::manifest::{AnalyzeSpec, Manifest};
 use super::training::train_config;
+use crate::analyze::profile::ProfileSpec;
+use crate::analyze::profile_model;
+use crate::analyze::table::ProfileRow;
 use crate::evaluate::{
     check_task_fits, context_len, evaluate_budgets, prepare, CellInfo, EvalOptions, EvalResult,
     Prepared,
@@ -85,7 +88,7 @@ impl RealExecutor {
             query_aware: spec.query_aware,
             add_bos: true,
             seed: self.manifest.seed,
-            compress_every: None,
+            compress_every: spec.compress_every,
             batch_size: self
                 .manifest
                 .eval_batch_size
@@ -255,5 +258,46 @@ impl CellExecutor for RealExecutor {
                     .collect()
             }
         }
+    }
+
+    fn analyze(
+        &mut self,
+        m: &Manifest,
+        spec: &AnalyzeSpec,
+        name: &str,
+        weights: &Path,
+    ) -> Result<Vec<ProfileRow>> {
+        let task = m
+            .task
+            .iter()
+            .find(|t| t.name == spec.task)
+            .ok_or_else(|| Error::invalid(format!("analyze: no [[task]] `{}`", spec.task)))?;
+        let comps =
+            spec.compressors
+                .iter()
+                .map(|n| {
+                    let c = m.compressor.iter().find(|c| &c.name == n).ok_or_else(|| {
+                        Error::invalid(format!("analyze: no [[compressor]] `{n}`"))
+                    })?;
+                    Ok((n.clone(), build_compressor(&c.name, &c.params)?))
+                })
+                .collect::<Result<Vec<_>>>()?;
+        let model = self.model(weights)?;
+        let tok = model.tokenizer.as_ref().expect("checked at load");
+        let built = build_task(&task.name, &task.params)?;
+        check_task_fits(built.as_ref(), model)?;
+        let examples = built.examples(tok, spec.n, task.seed)?;
+        let opts = EvalOptions {
+            add_bos: true,
+            seed: m.seed,
+            ..Default::default()
+        };
+        let prepared = prepare(model, tok, &examples, &opts)?;
+        let profile = ProfileSpec {
+            budgets: &spec.budgets,
+            compressors: &comps,
+            seed: m.seed,
+        };
+        profile_model(model, name, &prepared, &profile)
     }
 }
