@@ -132,6 +132,7 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
     let device = m.device.parse::<DeviceChoice>()?.resolve()?;
     let kind = parse_dtype(&m.dtype)?.unwrap_or(default_dtype(device));
     let mut est = Estimate::default();
+    let mut caveat = String::new();
     let model_index = |name: &str| m.model.iter().position(|x| x.name == name);
     for (mi, spec) in m.model.iter().enumerate() {
         let jobs: Vec<usize> = (0..grid.train_jobs.len())
@@ -202,6 +203,7 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
             .unwrap_or(256)
             .min(measure_max_len(device));
         let mut cost: HashMap<Option<usize>, f64> = HashMap::new();
+        let mut unmeasured: Vec<String> = Vec::new();
         let mut task_len: HashMap<usize, i64> = HashMap::new();
         let _g = tch::no_grad_guard();
         for cell in &my_cells {
@@ -240,8 +242,22 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
                     &fallback
                 }
             };
-            let run = || evaluate_budgets(&model, tok, &ex, compressor.as_deref(), &bs, &opts);
-            let (_, first) = secs(run)?;
+            // A compressor that needs a trained checkpoint (`gist` reads learned summary
+            // slots) cannot run on the random stand-in: its cells are counted at the
+            // uncompressed cost, and the estimate says so.
+            let full = [kvcat_core::Budget::full()];
+            let (mut comp, mut bs) = (compressor.as_deref(), &bs[..]);
+            let first = match secs(|| evaluate_budgets(&model, tok, &ex, comp, bs, &opts)) {
+                Ok((_, s)) => s,
+                Err(e) if comp.is_some() => {
+                    let name = comp.map(|c| c.name()).unwrap_or_default();
+                    unmeasured.push(format!("`{name}` ({e})"));
+                    (comp, bs) = (None, &full[..]);
+                    secs(|| evaluate_budgets(&model, tok, &ex, comp, bs, &opts))?.1
+                }
+                Err(e) => return Err(e),
+            };
+            let run = || evaluate_budgets(&model, tok, &ex, comp, bs, &opts);
             // Cheap measurements are repeated (median of three) to damp noise.
             let s = if first < 2.0 {
                 let mut t = vec![first, secs(run)?.1, secs(run)?.1];
@@ -256,10 +272,16 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
             let scale = task_len[&cell.task] as f64 / measured_len as f64;
             est.eval_seconds += cost[&cell.compressor] * scale * m.task[cell.task].n as f64;
         }
+        if !unmeasured.is_empty() {
+            caveat = format!(
+                "; counted at the uncompressed cost, since they cannot run on a random stand-in: {}",
+                unmeasured.join(", ")
+            );
+        }
     }
     est.basis = format!(
-        "measured on {}: one training step per policy and shape, one synthetic example per compressor at the median context length (capped at {CPU_MEASURE_MAX_LEN} tokens on the CPU), scaled to each task's length; data preparation and loading not counted",
-        kvcat_core::device::device_name(device)
+        "measured on {}: one training step per policy and shape, one synthetic example per compressor at the median context length (capped at {CPU_MEASURE_MAX_LEN} tokens on the CPU), scaled to each task's length; data preparation and loading not counted{caveat}",
+        kvcat_core::device::device_name(device),
     );
     Ok(est)
 }
