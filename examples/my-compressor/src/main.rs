@@ -1,6 +1,4 @@
-//! A custom kvcat runner that links the example plugin: the whole CLI plus `value_norm`.
-use kvcat_compressors as _;
-use kvcat_policies as _;
+//! A custom kvcat runner: the whole CLI (with every built-in plugin) plus `value_norm`.
 use my_compressor as _;
 fn main() -> std::process::ExitCode {
     kvcat_bench::cli::main_entry()

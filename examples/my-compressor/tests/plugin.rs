@@ -132,3 +132,52 @@ fn runner_compress_matches_kvpress_for_builtin_snapkv() {
     assert!(diff < 1e-3, "continuation logits differ by {diff}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `value_norm` is a first-class scorer: listed as one, and `adakv` wraps it (head-adaptive
+/// budgets over its scores), keeping the budget in total per layer.
+#[test]
+fn adakv_wraps_the_plugin_scorer() {
+    let out = runner()
+        .args(["list", "--kind", "scorer"])
+        .output()
+        .expect("run my-kvcat list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("value_norm"), "{text}");
+
+    let dir = std::env::temp_dir().join(format!("my-compressor-adakv-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    let out_file = dir.join("adakv.safetensors");
+    let out = compress(
+        "adakv",
+        "0.5",
+        &[
+            "--set",
+            "inner=value_norm",
+            "--set",
+            "inner_params={ power = 2.0 }",
+        ],
+        &out_file,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = read(&out_file);
+    let ids: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture().join("ids.json")).expect("ids"))
+            .expect("json");
+    let t = ids["context"].as_array().expect("context").len() as i64;
+    for i in 0..2 {
+        let kept = &got[&format!("layer.{i}.kept_positions")]; // [kv_heads, most], -1 padded
+        let per_head = kept.ge(0).sum_dim_intlist(-1, false, Kind::Int64);
+        let heads = per_head.size()[0];
+        // head-adaptive: the layer keeps heads × ⌊t/2⌋ slots in all, however they are spread
+        assert_eq!(
+            per_head.sum(Kind::Int64).int64_value(&[]),
+            heads * (t / 2),
+            "layer {i}: {per_head}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -150,7 +150,7 @@ pub fn plan_checkpoints(m: &Manifest) -> Result<(Vec<TrainJob>, Vec<Checkpoint>)
     let mut checkpoints = Vec::new();
     for model in &m.model {
         let (base_weights, base_id) = match (&model.path, &model.pretrain) {
-            (Some(p), None) => (Weights::Path(p.clone()), hash_of(&("path", p))),
+            (Some(p), None) => (Weights::Path(p.clone()), hash_of(&("path", p))?),
             (None, Some(table)) => {
                 let label = format!("{}/pretrain", model.name);
                 let cfg = build_config(m, &label, table, None, Source::Scratch)?;
@@ -173,7 +173,7 @@ pub fn plan_checkpoints(m: &Manifest) -> Result<(Vec<TrainJob>, Vec<Checkpoint>)
         };
         if model.base {
             checkpoints.push(Checkpoint {
-                id: hash_of(&("base", &base_id)),
+                id: hash_of(&("base", &base_id))?,
                 model: model.name.clone(),
                 policy: BASE_POLICY.into(),
                 policy_params: toml::Table::new(),

@@ -9,7 +9,7 @@
 use super::checkpoints::{plan_checkpoints, Checkpoint, TrainJob};
 use super::manifest::{Manifest, REFERENCE_COMPRESSOR};
 use kvcat_core::budget::Budget;
-use kvcat_core::Result;
+use kvcat_core::{Error, Result};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
@@ -21,9 +21,12 @@ pub fn short_hash(bytes: &[u8]) -> String {
 }
 
 /// Content hash of any serialisable value (canonical JSON; tables are key-sorted maps).
-pub fn hash_of<T: Serialize>(value: &T) -> String {
-    let json = serde_json::to_vec(value).unwrap_or_default();
-    short_hash(&json)
+pub fn hash_of<T: Serialize>(value: &T) -> Result<String> {
+    // An error here must stop the run: hashing an empty string instead would give every
+    // such cell the same id.
+    let json = serde_json::to_vec(value)
+        .map_err(|e| Error::invalid(format!("hashing a cell or checkpoint identity: {e}")))?;
+    Ok(short_hash(&json))
 }
 
 /// One evaluation: a checkpoint × task × (compressor, budget), or the uncompressed reference.
@@ -81,7 +84,7 @@ impl Grid {
         let mut cells = Vec::new();
         for (ci, ck) in checkpoints.iter().enumerate() {
             for (ti, t) in m.task.iter().enumerate() {
-                let mut push = |compressor: Option<usize>, budget: Budget| {
+                let mut push = |compressor: Option<usize>, budget: Budget| -> Result<()> {
                     let comp = compressor.map(|k| &m.compressor[k]);
                     let key = CellKey {
                         checkpoint: &ck.id,
@@ -100,20 +103,21 @@ impl Grid {
                         seed: m.seed,
                     };
                     cells.push(Cell {
-                        id: hash_of(&key),
+                        id: hash_of(&key)?,
                         checkpoint: ci,
                         task: ti,
                         compressor,
                         budget,
                     });
+                    Ok(())
                 };
-                push(None, Budget::full());
+                push(None, Budget::full())?;
                 for k in 0..m.compressor.len() {
                     if !m.compressor[k].crosses(&ck.policy) {
                         continue;
                     }
                     for b in &budgets {
-                        push(Some(k), *b);
+                        push(Some(k), *b)?;
                     }
                 }
             }
