@@ -50,50 +50,8 @@ impl Llama {
         cache: &mut KvCache,
         opts: &ForwardOptions,
     ) -> Result<ForwardOutput> {
-        let size = x.size();
-        if size.len() != 3 || size[2] != self.config.hidden_size {
-            return Err(Error::invalid(format!(
-                "input embeddings must be [batch, time, {}], got shape {size:?}",
-                self.config.hidden_size
-            )));
-        }
-        let t = size[1];
-        let device = self.device();
-        let positions = positions.to_device(device).to_kind(Kind::Int64);
-        let ps = positions.size();
-        if ps != [t] && ps != [size[0], t] {
-            return Err(Error::invalid(format!(
-                "forward_at: positions have shape {ps:?}, expected [{t}] or [{}, {t}]",
-                size[0]
-            )));
-        }
-        if t > 1 {
-            let last = ps.len() as i64 - 1;
-            let steps = positions.narrow(last, 1, t - 1) - positions.narrow(last, 0, t - 1);
-            if steps.min().int64_value(&[]) < 1 {
-                return Err(Error::invalid(
-                    "forward_at: positions must be strictly increasing",
-                ));
-            }
-        }
-        if positions.min().int64_value(&[]) < 0 {
-            return Err(Error::invalid("forward_at: positions must be ≥ 0"));
-        }
-        let n_layers = self.layers.len();
-        if !cache.is_empty() && cache.layers.len() != n_layers {
-            return Err(Error::invalid(format!(
-                "cache has {} layers, model has {n_layers}",
-                cache.layers.len()
-            )));
-        }
-        if let Some(bias) = opts.layer_bias {
-            if bias.len() != n_layers {
-                return Err(Error::invalid(format!(
-                    "layer_bias has {} entries, model has {n_layers} layers",
-                    bias.len()
-                )));
-            }
-        }
+        let positions = self.check_inputs(x, positions, cache, opts)?;
+        let (t, device) = (x.size()[1], self.device());
         let (cos, sin) = crate::attention::rope_tables(
             &positions,
             self.config.head_dim,
@@ -152,6 +110,62 @@ impl Llama {
             Logits::Last => Some(self.lm_head(&self.norm.forward(&x.narrow(1, t - 1, 1)))),
         };
         Ok(out)
+    }
+
+    /// Checks the inputs of [`Llama::forward_embeds_at`] (shapes, strictly increasing
+    /// non-negative positions, cache and bias layer counts); returns the positions as int64 on
+    /// the model's device.
+    fn check_inputs(
+        &self,
+        x: &Tensor,
+        positions: &Tensor,
+        cache: &KvCache,
+        opts: &ForwardOptions,
+    ) -> Result<Tensor> {
+        let size = x.size();
+        if size.len() != 3 || size[2] != self.config.hidden_size {
+            return Err(Error::invalid(format!(
+                "input embeddings must be [batch, time, {}], got shape {size:?}",
+                self.config.hidden_size
+            )));
+        }
+        let t = size[1];
+        let positions = positions.to_device(self.device()).to_kind(Kind::Int64);
+        let ps = positions.size();
+        if ps != [t] && ps != [size[0], t] {
+            return Err(Error::invalid(format!(
+                "forward_at: positions have shape {ps:?}, expected [{t}] or [{}, {t}]",
+                size[0]
+            )));
+        }
+        if t > 1 {
+            let last = ps.len() as i64 - 1;
+            let steps = positions.narrow(last, 1, t - 1) - positions.narrow(last, 0, t - 1);
+            if steps.min().int64_value(&[]) < 1 {
+                return Err(Error::invalid(
+                    "forward_at: positions must be strictly increasing",
+                ));
+            }
+        }
+        if positions.min().int64_value(&[]) < 0 {
+            return Err(Error::invalid("forward_at: positions must be ≥ 0"));
+        }
+        let n_layers = self.layers.len();
+        if !cache.is_empty() && cache.layers.len() != n_layers {
+            return Err(Error::invalid(format!(
+                "cache has {} layers, model has {n_layers}",
+                cache.layers.len()
+            )));
+        }
+        if let Some(bias) = opts.layer_bias {
+            if bias.len() != n_layers {
+                return Err(Error::invalid(format!(
+                    "layer_bias has {} entries, model has {n_layers} layers",
+                    bias.len()
+                )));
+            }
+        }
+        Ok(positions)
     }
 }
 

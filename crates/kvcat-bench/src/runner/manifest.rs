@@ -443,6 +443,355 @@ fn parse_seeds(raw: &RawManifest, loc: &Locator) -> Result<Vec<u64>> {
     Ok(seeds)
 }
 
+/// Parses the TOML text into the raw schema: syntax, then table shapes, then fields.
+fn read_raw(loc: &Locator, text: &str) -> Result<RawManifest> {
+    let table: toml::Table =
+        toml::from_str(text).map_err(|e| loc.at(e.span(), "(syntax)", e.message().trim()))?;
+    if let Err(e) = toml_paths::check_shape(&table, &manifest_shape()) {
+        let span = toml_paths::span_of(text, &e.path);
+        return Err(loc.at(span, e.path.to_string(), e.reason));
+    }
+    toml::from_str(text).map_err(|e| {
+        let field = e
+            .span()
+            .and_then(|s| toml_paths::path_at(text, s.start))
+            .map(|p| p.to_string())
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| "(schema)".into());
+        let mut reason = e.message().trim().to_string();
+        if reason.starts_with("missing field `name`") {
+            reason.push_str(" (a registered name; `kvcat list` shows them all)");
+        }
+        loc.at(e.span(), field, reason)
+    })
+}
+
+/// `device` and `dtype` (checked, `auto` when absent), and `eval_batch_size` checked.
+fn parse_runtime(loc: &Locator, raw: &RawManifest) -> Result<(String, String)> {
+    let device = match &raw.device {
+        Some(d) => {
+            d.get_ref()
+                .parse::<DeviceChoice>()
+                .map_err(|e| loc.at(Some(d.span()), "device", e.to_string()))?;
+            d.get_ref().clone()
+        }
+        None => "auto".into(),
+    };
+    if let Some(b) = raw.eval_batch_size.as_ref().filter(|b| *b.get_ref() == 0) {
+        return Err(loc.at(Some(b.span()), "eval_batch_size", "must be at least 1"));
+    }
+    let dtype = match &raw.dtype {
+        Some(d) => {
+            parse_dtype(d.get_ref()).map_err(|e| loc.at(Some(d.span()), "dtype", e.to_string()))?;
+            d.get_ref().clone()
+        }
+        None => "auto".into(),
+    };
+    Ok((device, dtype))
+}
+
+/// `budgets`, deduplicated in manifest order; at least one.
+fn parse_budgets(loc: &Locator, raw: &RawManifest) -> Result<Vec<Budget>> {
+    let budgets_raw = raw.budgets.as_ref().ok_or_else(|| {
+        loc.at(
+            None,
+            "budgets",
+            "missing; e.g. `budgets = [0.1, 0.25, 0.5]` (fractions in (0, 1] or slot counts)",
+        )
+    })?;
+    let mut budgets: Vec<Budget> = Vec::new();
+    for (i, v) in budgets_raw.get_ref().iter().enumerate() {
+        let b: Budget = v
+            .get_ref()
+            .clone()
+            .try_into()
+            .map_err(|e: toml::de::Error| {
+                loc.at(
+                    Some(v.span()),
+                    format!("budgets[{i}]"),
+                    e.message().trim().to_string(),
+                )
+            })?;
+        if !budgets.contains(&b) {
+            budgets.push(b);
+        }
+    }
+    if budgets.is_empty() {
+        return Err(loc.at(
+            Some(budgets_raw.span()),
+            "budgets",
+            "is empty; give at least one budget",
+        ));
+    }
+    Ok(budgets)
+}
+
+/// The `[[model]]` entries; at least one, and something to evaluate.
+fn parse_models(loc: &Locator, raw: &RawManifest) -> Result<Vec<ModelSpec>> {
+    if raw.model.is_empty() {
+        return Err(loc.at(
+            None,
+            "model",
+            "no [[model]] entry; give `path = ...` or `pretrain = {...}`",
+        ));
+    }
+    let mut models = Vec::new();
+    for (i, m) in raw.model.iter().enumerate() {
+        let spec = parse_model(loc, i, m, &models)?;
+        models.push(spec);
+    }
+    if raw.policy.is_empty() && !models.iter().any(|m| m.base) {
+        return Err(loc.at(
+            None,
+            "policy",
+            "no [[policy]] entry and no model with `base = true`: nothing to evaluate",
+        ));
+    }
+    Ok(models)
+}
+
+/// One `[[model]]` entry, checked against the models before it.
+fn parse_model(loc: &Locator, i: usize, m: &RawModel, models: &[ModelSpec]) -> Result<ModelSpec> {
+    let field = format!("model[{i}]");
+    let name = m.name.get_ref().trim().to_string();
+    if name.is_empty() || name.contains(',') || name.contains('/') {
+        return Err(loc.at(
+            Some(m.name.span()),
+            format!("{field}.name"),
+            "must be non-empty without `,` or `/`",
+        ));
+    }
+    if models.iter().any(|x: &ModelSpec| x.name == name) {
+        return Err(loc.at(
+            Some(m.name.span()),
+            format!("{field}.name"),
+            format!("duplicate model name `{name}`"),
+        ));
+    }
+    match (&m.path, &m.pretrain) {
+        (Some(_), Some(p)) => {
+            return Err(loc.at(
+                Some(p.span()),
+                field.clone(),
+                "give either `path` or `pretrain`, not both",
+            ));
+        }
+        (None, None) => {
+            return Err(loc.at(
+                Some(m.name.span()),
+                field.clone(),
+                "give `path` (HF directory or .gguf) or `pretrain` (a training table)",
+            ));
+        }
+        _ => {}
+    }
+    if let Some(p) = &m.path {
+        if !Path::new(p.get_ref()).exists() {
+            return Err(loc.at(
+                Some(p.span()),
+                format!("{field}.path"),
+                format!(
+                    "`{}` does not exist (an HF directory with config.json, or a .gguf file)",
+                    p.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(ModelSpec {
+        name,
+        path: m.path.as_ref().map(|p| p.get_ref().clone()),
+        pretrain: m.pretrain.as_ref().map(|p| p.get_ref().clone()),
+        base: m.base,
+    })
+}
+
+/// The `[[policy]]` entries, and where each `matched` entry stands (`(position in the
+/// policies, raw index)`), expanded once the compressors are known.
+fn parse_policies(
+    loc: &Locator,
+    raw: &RawManifest,
+) -> Result<(Vec<PolicySpec>, Vec<(usize, usize)>)> {
+    let mut policies: Vec<PolicySpec> = Vec::new();
+    // `matched` entries (position in `policies`, raw index), expanded after the compressors.
+    let mut matched: Vec<(usize, usize)> = Vec::new();
+    for (i, p) in raw.policy.iter().enumerate() {
+        let field = format!("policy[{i}]");
+        if p.name.get_ref() == MATCHED_POLICY {
+            if let Some(t) = &p.params {
+                return Err(loc.at(
+                    Some(t.span()),
+                    format!("{field}.params"),
+                    "`matched` takes no params: each `scorer` policy it makes copies its \
+                     compressor's params",
+                ));
+            }
+            matched.push((policies.len(), i));
+            continue;
+        }
+        let params = p
+            .params
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_default();
+        let built = build_policy(p.name.get_ref(), &params).map_err(|e| {
+            let (span, f) = match (&e, &p.params) {
+                (Error::Params { .. }, Some(t)) => (t.span(), "params"),
+                _ => (p.name.span(), "name"),
+            };
+            loc.at(Some(span), format!("{field}.{f}"), e.to_string())
+        })?;
+        let spec = PolicySpec {
+            name: built.name().to_string(),
+            params: built.params(),
+            train: p
+                .train
+                .as_ref()
+                .map(|t| t.get_ref().clone())
+                .unwrap_or_default(),
+        };
+        if policies.contains(&spec) {
+            return Err(loc.at(
+                Some(p.name.span()),
+                field,
+                format!("duplicate policy `{}` with the same parameters", spec.name),
+            ));
+        }
+        policies.push(spec);
+    }
+    Ok((policies, matched))
+}
+
+/// The `[[compressor]]` entries; at least one, no two alike.
+fn parse_compressors(loc: &Locator, raw: &RawManifest) -> Result<Vec<PluginSpec>> {
+    if raw.compressor.is_empty() {
+        return Err(loc.at(None, "compressor", "no [[compressor]] entry"));
+    }
+    let mut compressors: Vec<PluginSpec> = Vec::new();
+    for (i, c) in raw.compressor.iter().enumerate() {
+        let field = format!("compressor[{i}]");
+        if c.name.get_ref() == REFERENCE_COMPRESSOR {
+            return Err(loc.at(Some(c.name.span()), format!("{field}.name"), "`none` is the uncompressed reference, which every grid already holds (budget 1.0); remove this entry"));
+        }
+        let params = c
+            .params
+            .as_ref()
+            .map(|t| t.get_ref().clone())
+            .unwrap_or_default();
+        let built = build_compressor(c.name.get_ref(), &params).map_err(|e| {
+            let (span, f) = match (&e, &c.params) {
+                (Error::Params { .. }, Some(t)) => (t.span(), "params"),
+                _ => (c.name.span(), "name"),
+            };
+            loc.at(Some(span), format!("{field}.{f}"), e.to_string())
+        })?;
+        let spec = PluginSpec {
+            name: built.name().to_string(),
+            params: built.params(),
+            policies: c
+                .policies
+                .as_ref()
+                .map(|p| p.get_ref().clone())
+                .unwrap_or_default(),
+        };
+        if compressors.contains(&spec) {
+            return Err(loc.at(
+                Some(c.name.span()),
+                field,
+                format!(
+                    "duplicate compressor `{}` with the same parameters",
+                    spec.name
+                ),
+            ));
+        }
+        compressors.push(spec);
+    }
+    Ok(compressors)
+}
+
+/// The `[[task]]` entries; at least one, no two alike.
+fn parse_tasks(loc: &Locator, raw: &RawManifest) -> Result<Vec<TaskSpec>> {
+    if raw.task.is_empty() {
+        return Err(loc.at(None, "task", "no [[task]] entry"));
+    }
+    let mut tasks: Vec<TaskSpec> = Vec::new();
+    for (i, t) in raw.task.iter().enumerate() {
+        let field = format!("task[{i}]");
+        let spec = parse_task(loc, raw, i, t)?;
+        if tasks.iter().any(|x| {
+            x.name == spec.name
+                && x.params == spec.params
+                && x.n == spec.n
+                && x.seed == spec.seed
+                && x.query_aware == spec.query_aware
+                && x.compress_every == spec.compress_every
+        }) {
+            return Err(loc.at(
+                Some(t.name.span()),
+                field,
+                format!("duplicate task `{}` with the same parameters", spec.name),
+            ));
+        }
+        tasks.push(spec);
+    }
+    Ok(tasks)
+}
+
+/// One `[[task]]` entry, its parameters resolved by the task itself.
+fn parse_task(loc: &Locator, raw: &RawManifest, i: usize, t: &RawTask) -> Result<TaskSpec> {
+    let field = format!("task[{i}]");
+    let params = t
+        .params
+        .as_ref()
+        .map(|x| x.get_ref().clone())
+        .unwrap_or_default();
+    let n = match &t.n {
+        Some(n) if *n.get_ref() >= 1 => *n.get_ref() as usize,
+        Some(n) => {
+            return Err(loc.at(
+                Some(n.span()),
+                format!("{field}.n"),
+                format!("must be at least 1, got {}", n.get_ref()),
+            ))
+        }
+        None => {
+            return Err(loc.at(
+                Some(t.name.span()),
+                format!("{field}.n"),
+                "missing: the number of examples",
+            ))
+        }
+    };
+    let params = build_task(t.name.get_ref(), &params)
+        .map(|t| t.params())
+        .map_err(|e| {
+            let (span, f) = match (&e, &t.params) {
+                (Error::Params { .. }, Some(p)) => (p.span(), "params"),
+                _ => (t.name.span(), "name"),
+            };
+            loc.at(Some(span), format!("{field}.{f}"), e.to_string())
+        })?;
+    let compress_every = match &t.compress_every {
+        Some(c) if *c.get_ref() >= 1 => Some(*c.get_ref() as usize),
+        Some(c) => {
+            return Err(loc.at(
+                Some(c.span()),
+                format!("{field}.compress_every"),
+                format!("must be at least 1 generated token, got {}", c.get_ref()),
+            ))
+        }
+        None => None,
+    };
+    Ok(TaskSpec {
+        name: t.name.get_ref().clone(),
+        params,
+        n,
+        seed: t.seed.unwrap_or(raw.seed),
+        query_aware: t.query_aware.unwrap_or(false),
+        metric: t.metric.as_ref().map(|m| m.get_ref().clone()),
+        compress_every,
+    })
+}
+
 /// Budget fractions `kvcat analyze` sweeps by default.
 pub const ANALYZE_BUDGETS: [f64; 6] = [0.05, 0.1, 0.2, 0.35, 0.5, 0.75];
 
@@ -630,315 +979,14 @@ impl Manifest {
     /// `build`, every budget, device and dtype, task sizes, and name uniqueness.
     pub fn parse(text: &str, file: &str) -> Result<Manifest> {
         let loc = Locator { file, text };
-        let table: toml::Table =
-            toml::from_str(text).map_err(|e| loc.at(e.span(), "(syntax)", e.message().trim()))?;
-        if let Err(e) = toml_paths::check_shape(&table, &manifest_shape()) {
-            let span = toml_paths::span_of(text, &e.path);
-            return Err(loc.at(span, e.path.to_string(), e.reason));
-        }
-        let raw: RawManifest = toml::from_str(text).map_err(|e| {
-            let field = e
-                .span()
-                .and_then(|s| toml_paths::path_at(text, s.start))
-                .map(|p| p.to_string())
-                .filter(|p| !p.is_empty())
-                .unwrap_or_else(|| "(schema)".into());
-            let mut reason = e.message().trim().to_string();
-            if reason.starts_with("missing field `name`") {
-                reason.push_str(" (a registered name; `kvcat list` shows them all)");
-            }
-            loc.at(e.span(), field, reason)
-        })?;
-
-        let device = match &raw.device {
-            Some(d) => {
-                d.get_ref()
-                    .parse::<DeviceChoice>()
-                    .map_err(|e| loc.at(Some(d.span()), "device", e.to_string()))?;
-                d.get_ref().clone()
-            }
-            None => "auto".into(),
-        };
-        if let Some(b) = raw.eval_batch_size.as_ref().filter(|b| *b.get_ref() == 0) {
-            return Err(loc.at(Some(b.span()), "eval_batch_size", "must be at least 1"));
-        }
-        let dtype = match &raw.dtype {
-            Some(d) => {
-                parse_dtype(d.get_ref())
-                    .map_err(|e| loc.at(Some(d.span()), "dtype", e.to_string()))?;
-                d.get_ref().clone()
-            }
-            None => "auto".into(),
-        };
-
-        let budgets_raw = raw.budgets.as_ref().ok_or_else(|| {
-            loc.at(
-                None,
-                "budgets",
-                "missing; e.g. `budgets = [0.1, 0.25, 0.5]` (fractions in (0, 1] or slot counts)",
-            )
-        })?;
-        let mut budgets: Vec<Budget> = Vec::new();
-        for (i, v) in budgets_raw.get_ref().iter().enumerate() {
-            let b: Budget = v
-                .get_ref()
-                .clone()
-                .try_into()
-                .map_err(|e: toml::de::Error| {
-                    loc.at(
-                        Some(v.span()),
-                        format!("budgets[{i}]"),
-                        e.message().trim().to_string(),
-                    )
-                })?;
-            if !budgets.contains(&b) {
-                budgets.push(b);
-            }
-        }
-        if budgets.is_empty() {
-            return Err(loc.at(
-                Some(budgets_raw.span()),
-                "budgets",
-                "is empty; give at least one budget",
-            ));
-        }
-
-        if raw.model.is_empty() {
-            return Err(loc.at(
-                None,
-                "model",
-                "no [[model]] entry; give `path = ...` or `pretrain = {...}`",
-            ));
-        }
-        let mut models = Vec::new();
-        for (i, m) in raw.model.iter().enumerate() {
-            let field = format!("model[{i}]");
-            let name = m.name.get_ref().trim().to_string();
-            if name.is_empty() || name.contains(',') || name.contains('/') {
-                return Err(loc.at(
-                    Some(m.name.span()),
-                    format!("{field}.name"),
-                    "must be non-empty without `,` or `/`",
-                ));
-            }
-            if models.iter().any(|x: &ModelSpec| x.name == name) {
-                return Err(loc.at(
-                    Some(m.name.span()),
-                    format!("{field}.name"),
-                    format!("duplicate model name `{name}`"),
-                ));
-            }
-            match (&m.path, &m.pretrain) {
-                (Some(_), Some(p)) => {
-                    return Err(loc.at(
-                        Some(p.span()),
-                        field.clone(),
-                        "give either `path` or `pretrain`, not both",
-                    ));
-                }
-                (None, None) => {
-                    return Err(loc.at(
-                        Some(m.name.span()),
-                        field.clone(),
-                        "give `path` (HF directory or .gguf) or `pretrain` (a training table)",
-                    ));
-                }
-                _ => {}
-            }
-            if let Some(p) = &m.path {
-                if !Path::new(p.get_ref()).exists() {
-                    return Err(loc.at(
-                        Some(p.span()),
-                        format!("{field}.path"),
-                        format!(
-                            "`{}` does not exist (an HF directory with config.json, or a .gguf file)",
-                            p.get_ref()
-                        ),
-                    ));
-                }
-            }
-            models.push(ModelSpec {
-                name,
-                path: m.path.as_ref().map(|p| p.get_ref().clone()),
-                pretrain: m.pretrain.as_ref().map(|p| p.get_ref().clone()),
-                base: m.base,
-            });
-        }
-        if raw.policy.is_empty() && !models.iter().any(|m| m.base) {
-            return Err(loc.at(
-                None,
-                "policy",
-                "no [[policy]] entry and no model with `base = true`: nothing to evaluate",
-            ));
-        }
-
-        let mut policies: Vec<PolicySpec> = Vec::new();
-        // `matched` entries (position in `policies`, raw index), expanded after the compressors.
-        let mut matched: Vec<(usize, usize)> = Vec::new();
-        for (i, p) in raw.policy.iter().enumerate() {
-            let field = format!("policy[{i}]");
-            if p.name.get_ref() == MATCHED_POLICY {
-                if let Some(t) = &p.params {
-                    return Err(loc.at(
-                        Some(t.span()),
-                        format!("{field}.params"),
-                        "`matched` takes no params: each `scorer` policy it makes copies its \
-                         compressor's params",
-                    ));
-                }
-                matched.push((policies.len(), i));
-                continue;
-            }
-            let params = p
-                .params
-                .as_ref()
-                .map(|t| t.get_ref().clone())
-                .unwrap_or_default();
-            let built = build_policy(p.name.get_ref(), &params).map_err(|e| {
-                let (span, f) = match (&e, &p.params) {
-                    (Error::Params { .. }, Some(t)) => (t.span(), "params"),
-                    _ => (p.name.span(), "name"),
-                };
-                loc.at(Some(span), format!("{field}.{f}"), e.to_string())
-            })?;
-            let spec = PolicySpec {
-                name: built.name().to_string(),
-                params: built.params(),
-                train: p
-                    .train
-                    .as_ref()
-                    .map(|t| t.get_ref().clone())
-                    .unwrap_or_default(),
-            };
-            if policies.contains(&spec) {
-                return Err(loc.at(
-                    Some(p.name.span()),
-                    field,
-                    format!("duplicate policy `{}` with the same parameters", spec.name),
-                ));
-            }
-            policies.push(spec);
-        }
-
-        if raw.compressor.is_empty() {
-            return Err(loc.at(None, "compressor", "no [[compressor]] entry"));
-        }
-        let mut compressors: Vec<PluginSpec> = Vec::new();
-        for (i, c) in raw.compressor.iter().enumerate() {
-            let field = format!("compressor[{i}]");
-            if c.name.get_ref() == REFERENCE_COMPRESSOR {
-                return Err(loc.at(Some(c.name.span()), format!("{field}.name"), "`none` is the uncompressed reference, which every grid already holds (budget 1.0); remove this entry"));
-            }
-            let params = c
-                .params
-                .as_ref()
-                .map(|t| t.get_ref().clone())
-                .unwrap_or_default();
-            let built = build_compressor(c.name.get_ref(), &params).map_err(|e| {
-                let (span, f) = match (&e, &c.params) {
-                    (Error::Params { .. }, Some(t)) => (t.span(), "params"),
-                    _ => (c.name.span(), "name"),
-                };
-                loc.at(Some(span), format!("{field}.{f}"), e.to_string())
-            })?;
-            let spec = PluginSpec {
-                name: built.name().to_string(),
-                params: built.params(),
-                policies: c
-                    .policies
-                    .as_ref()
-                    .map(|p| p.get_ref().clone())
-                    .unwrap_or_default(),
-            };
-            if compressors.contains(&spec) {
-                return Err(loc.at(
-                    Some(c.name.span()),
-                    field,
-                    format!(
-                        "duplicate compressor `{}` with the same parameters",
-                        spec.name
-                    ),
-                ));
-            }
-            compressors.push(spec);
-        }
-
+        let raw = read_raw(&loc, text)?;
+        let (device, dtype) = parse_runtime(&loc, &raw)?;
+        let budgets = parse_budgets(&loc, &raw)?;
+        let models = parse_models(&loc, &raw)?;
+        let (mut policies, matched) = parse_policies(&loc, &raw)?;
+        let compressors = parse_compressors(&loc, &raw)?;
         expand_matched(&loc, &raw.policy, &matched, &compressors, &mut policies)?;
-
-        if raw.task.is_empty() {
-            return Err(loc.at(None, "task", "no [[task]] entry"));
-        }
-        let mut tasks: Vec<TaskSpec> = Vec::new();
-        for (i, t) in raw.task.iter().enumerate() {
-            let field = format!("task[{i}]");
-            let params = t
-                .params
-                .as_ref()
-                .map(|x| x.get_ref().clone())
-                .unwrap_or_default();
-            let n = match &t.n {
-                Some(n) if *n.get_ref() >= 1 => *n.get_ref() as usize,
-                Some(n) => {
-                    return Err(loc.at(
-                        Some(n.span()),
-                        format!("{field}.n"),
-                        format!("must be at least 1, got {}", n.get_ref()),
-                    ))
-                }
-                None => {
-                    return Err(loc.at(
-                        Some(t.name.span()),
-                        format!("{field}.n"),
-                        "missing: the number of examples",
-                    ))
-                }
-            };
-            let params = build_task(t.name.get_ref(), &params)
-                .map(|t| t.params())
-                .map_err(|e| {
-                    let (span, f) = match (&e, &t.params) {
-                        (Error::Params { .. }, Some(p)) => (p.span(), "params"),
-                        _ => (t.name.span(), "name"),
-                    };
-                    loc.at(Some(span), format!("{field}.{f}"), e.to_string())
-                })?;
-            let compress_every = match &t.compress_every {
-                Some(c) if *c.get_ref() >= 1 => Some(*c.get_ref() as usize),
-                Some(c) => {
-                    return Err(loc.at(
-                        Some(c.span()),
-                        format!("{field}.compress_every"),
-                        format!("must be at least 1 generated token, got {}", c.get_ref()),
-                    ))
-                }
-                None => None,
-            };
-            let spec = TaskSpec {
-                name: t.name.get_ref().clone(),
-                params,
-                n,
-                seed: t.seed.unwrap_or(raw.seed),
-                query_aware: t.query_aware.unwrap_or(false),
-                metric: t.metric.as_ref().map(|m| m.get_ref().clone()),
-                compress_every,
-            };
-            if tasks.iter().any(|x| {
-                x.name == spec.name
-                    && x.params == spec.params
-                    && x.n == spec.n
-                    && x.seed == spec.seed
-                    && x.query_aware == spec.query_aware
-                    && x.compress_every == spec.compress_every
-            }) {
-                return Err(loc.at(
-                    Some(t.name.span()),
-                    field,
-                    format!("duplicate task `{}` with the same parameters", spec.name),
-                ));
-            }
-            tasks.push(spec);
-        }
-
+        let tasks = parse_tasks(&loc, &raw)?;
         let seeds = parse_seeds(&raw, &loc)?;
         let manifest = Manifest {
             name: raw.name.clone().unwrap_or_else(|| {
