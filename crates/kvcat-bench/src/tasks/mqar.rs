@@ -59,6 +59,9 @@ pub struct MqarParams {
     /// Training rows: the fewest pairs a row lists before its queries (the most is what fills
     /// `context_len`), so rows mix easy short contexts with full-length ones.
     pub min_train_pairs: usize,
+    /// Training rows: the most pairs a row lists (0: what fills `context_len`). Few pairs make
+    /// the induction circuit form sooner (docs/benchmarks/evidence.md).
+    pub max_train_pairs: usize,
     pub max_new_tokens: usize,
 }
 
@@ -73,6 +76,7 @@ impl Default for MqarParams {
             value_digits: 3,
             num_queries: 4,
             min_train_pairs: 4,
+            max_train_pairs: 0,
             max_new_tokens: 4,
         }
     }
@@ -292,8 +296,8 @@ impl Mqar {
         })
     }
 
-    /// A dense training row: `m` pairs (`min_train_pairs ≤ m`, at most what fills
-    /// `context_len` and three quarters of the row), then query lines replaying random pairs
+    /// A dense training row: `m` pairs (`min_train_pairs ≤ m`, at most `max_train_pairs`, what
+    /// fills `context_len` and three quarters of the row), then query lines replaying random pairs
     /// until the row is full, cut at `seq_len` tokens. Targets: the value tokens of the query
     /// lines. Lines are tokenized piecewise (key part, value, newline); a byte-level
     /// pre-tokenizer splits at those boundaries anyway, so the ids equal those of the joined
@@ -304,9 +308,12 @@ impl Mqar {
             MqarFormat::Tokens => 3,
             MqarFormat::Lines => 2 + self.p.key_len.div_ceil(2) + self.p.value_digits as usize,
         };
-        let most = (self.p.context_len / per_line)
+        let mut most = (self.p.context_len / per_line)
             .min(seq_len * 3 / (4 * per_line))
             .max(1);
+        if self.p.max_train_pairs > 0 {
+            most = most.min(self.p.max_train_pairs);
+        }
         let least = self.p.min_train_pairs.min(most);
         let m = rng.random_range(least..=most);
         let pairs = self.draw_pairs(tok, &mut rng, m)?;

@@ -9,6 +9,7 @@ use super::optim::AdamW;
 use super::schedule::{learning_rate, sample_budget, sample_prefix, step_rng, Stream};
 use super::tokenizer::{train_bpe, EOS};
 use anyhow::{bail, Context};
+use indicatif::ProgressBar;
 use kvcat_core::device::{default_dtype, parse_dtype, DeviceChoice};
 use kvcat_core::model::ForwardOptions;
 use kvcat_core::policy::build_policy;
@@ -235,15 +236,77 @@ pub fn train(
     opts: &TrainRunOptions,
 ) -> anyhow::Result<TrainSummary> {
     cfg.validate()?;
-    let device = cfg
-        .device
-        .parse::<DeviceChoice>()?
-        .resolve()
-        .context("field `device`")?;
-    let kind = parse_dtype(&cfg.dtype)?.unwrap_or(default_dtype(device));
     let hash = cfg.content_hash();
     std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
-    let resume_state = match (checkpoint::read_state(out_dir)?, opts.resume) {
+    let resume_state = resumable_state(out_dir, opts.resume, &hash)?;
+    let mut run = Session::open(cfg, out_dir, resume_state.is_some())?;
+    let mut state = match resume_state {
+        Some(s) => {
+            checkpoint::restore(out_dir, &mut run.policy_vs, &mut run.opt, &s)?;
+            s
+        }
+        None => TrainerState {
+            config_hash: hash.clone(),
+            ..Default::default()
+        },
+    };
+    let mut last_saved = (state.step > 0).then_some(state.step);
+    if state.evals.is_empty() && !run.heldout.is_empty() {
+        state.evals.push(run.evaluate(cfg, 0)?);
+    }
+    let mut metrics = open_metrics(out_dir, state.step)?;
+    let bar = progress_bar(cfg, opts, state.step);
+    let tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum as i64;
+    let session_start = Instant::now();
+    let (start_step, mut step_seconds) = (state.step, 0.0);
+    let (mut last, mut interrupted) = (None, false);
+    while state.step < cfg.steps {
+        let t0 = Instant::now();
+        let mut log = run.step(cfg, state.step, out_dir, last_saved)?;
+        state.step += 1;
+        state.tokens_seen += tokens_per_step;
+        let dt = t0.elapsed().as_secs_f64();
+        state.seconds += dt;
+        step_seconds += dt;
+        log.tokens_per_second = tokens_per_step as f64 / dt.max(1e-9);
+        writeln!(metrics, "{}", serde_json::to_string(&log)?)?;
+        bar.set_message(step_message(&log));
+        bar.inc(1);
+        last = Some(log);
+        let done = state.step == cfg.steps;
+        let stop = opts.stop_after == Some(state.step) && !done;
+        if run.after_step(cfg, &mut state, out_dir, &bar, done || stop)? {
+            last_saved = Some(state.step);
+        }
+        if stop {
+            interrupted = true;
+            break;
+        }
+    }
+    bar.finish_and_clear();
+    let steps_run = (state.step - start_step) as i64;
+    Ok(TrainSummary {
+        out_dir: out_dir.to_path_buf(),
+        config_hash: hash,
+        steps: state.step,
+        tokens_seen: state.tokens_seen,
+        seconds: session_start.elapsed().as_secs_f64(),
+        tokens_per_second: (steps_run * tokens_per_step) as f64 / step_seconds.max(1e-9),
+        init_eval: state.evals.first().cloned(),
+        final_eval: state.evals.last().filter(|e| e.step == state.step).cloned(),
+        last,
+        interrupted,
+    })
+}
+
+/// The checkpoint state in `out_dir` to resume from: `None` for a fresh start; an error when
+/// there is one but `resume` is off, or it was trained with another configuration.
+fn resumable_state(
+    out_dir: &Path,
+    resume: bool,
+    hash: &str,
+) -> anyhow::Result<Option<TrainerState>> {
+    match (checkpoint::read_state(out_dir)?, resume) {
         (Some(s), true) => {
             if s.config_hash != hash {
                 bail!(
@@ -253,148 +316,166 @@ pub fn train(
                     hash
                 );
             }
-            Some(s)
+            Ok(Some(s))
         }
         (Some(s), false) => bail!(
             "{} already holds a checkpoint at step {}; pass --resume to continue it or choose another --out",
             out_dir.display(),
             s.step
         ),
-        (None, _) => None,
-    };
-    let cache_dir = cfg
-        .data
-        .cache_dir
-        .clone()
-        .unwrap_or_else(|| out_dir.join("data-cache"));
-    let mut policy =
-        build_policy(&cfg.policy.name, &cfg.policy.params).context("field `policy`")?;
-    let model = match &resume_state {
-        Some(_) => Model::load(out_dir, device, kind)
-            .with_context(|| format!("resuming from {}", out_dir.display()))?,
-        None => starting_model(cfg, device, kind, &cache_dir)?,
-    };
-    let tok = model
-        .tokenizer
-        .clone()
-        .context("the model has no tokenizer")?;
-    let data = TrainData::prepare(cfg, &tok, eos_id(&model, &tok), &cache_dir)?;
-    let heldout = if cfg.eval.sequences > 0 {
-        data.heldout_batches(cfg.eval.sequences, device)?
-    } else {
-        Vec::new()
-    };
-
-    let mut policy_vs = nn::VarStore::new(device);
-    tch::manual_seed(cfg.seed as i64 ^ 0x5EED);
-    policy.init(
-        &(policy_vs.root() / cfg.policy.name.as_str()),
-        &model.config,
-    )?;
-    let frozen = if cfg.loss.teacher == TeacherChoice::Frozen && cfg.loss.w_kd > 0.0 {
-        let mut f = starting_model(cfg, device, kind, &cache_dir)?;
-        f.vs.freeze();
-        Some(f)
-    } else {
-        None
-    };
-
-    let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-    vars.extend(
-        policy_vs
-            .variables()
-            .into_iter()
-            .map(|(n, t)| (format!("policy.{n}"), t)),
-    );
-    let mut opt = AdamW::new(vars, &cfg.optim);
-    let mut state = match resume_state {
-        Some(s) => {
-            checkpoint::restore(out_dir, &mut policy_vs, &mut opt, &s)?;
-            s
-        }
-        None => TrainerState {
-            config_hash: hash.clone(),
-            ..Default::default()
-        },
-    };
-    let mut last_saved = (state.step > 0).then_some(state.step);
-    if state.evals.is_empty() && !heldout.is_empty() {
-        state
-            .evals
-            .push(evaluate(&model, policy.as_mut(), &heldout, cfg, 0)?);
+        (None, _) => Ok(None),
     }
+}
 
-    let metrics_path = out_dir.join("metrics.jsonl");
-    let kept_lines: Vec<String> = std::fs::read_to_string(&metrics_path)
+/// `metrics.jsonl`, rewritten with only the lines of steps up to `step` (a resumed run drops
+/// what the interrupted one logged after its last checkpoint).
+fn open_metrics(out_dir: &Path, step: usize) -> anyhow::Result<std::fs::File> {
+    let path = out_dir.join("metrics.jsonl");
+    let kept: Vec<String> = std::fs::read_to_string(&path)
         .unwrap_or_default()
         .lines()
         .filter(|l| {
             serde_json::from_str::<StepLog>(l)
-                .map(|s| s.step <= state.step)
+                .map(|s| s.step <= step)
                 .unwrap_or(false)
         })
         .map(String::from)
         .collect();
-    let mut metrics = std::fs::File::create(&metrics_path)
-        .with_context(|| format!("creating {}", metrics_path.display()))?;
-    for l in &kept_lines {
-        writeln!(metrics, "{l}")?;
+    let mut file =
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    for l in &kept {
+        writeln!(file, "{l}")?;
+    }
+    Ok(file)
+}
+
+fn progress_bar(cfg: &TrainConfig, opts: &TrainRunOptions, step: usize) -> ProgressBar {
+    if !opts.progress {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(cfg.steps as u64);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+    ) {
+        b.set_style(style);
+    }
+    b.set_position(step as u64);
+    b
+}
+
+fn step_message(log: &StepLog) -> String {
+    format!(
+        "loss {:.3} mask {} kd {} full {} | {:.0} tok/s | lr {:.1e}",
+        log.loss,
+        fmt_term(log.mask),
+        fmt_term(log.kd),
+        fmt_term(log.full),
+        log.tokens_per_second,
+        log.lr
+    )
+}
+
+/// What one training run holds: the model, the frozen teacher if any, the policy with its
+/// parameters, the optimiser over both, and the data.
+struct Session {
+    model: Model,
+    frozen: Option<Model>,
+    policy: Box<dyn MaskingPolicy>,
+    policy_vs: nn::VarStore,
+    opt: AdamW,
+    data: TrainData,
+    heldout: Vec<Tensor>,
+    device: Device,
+}
+
+impl Session {
+    /// Builds the model (from `out_dir` when resuming), data, policy and optimiser, seeding in
+    /// a fixed order so that a resumed run continues bit for bit.
+    fn open(cfg: &TrainConfig, out_dir: &Path, resuming: bool) -> anyhow::Result<Session> {
+        let device = cfg
+            .device
+            .parse::<DeviceChoice>()?
+            .resolve()
+            .context("field `device`")?;
+        let kind = parse_dtype(&cfg.dtype)?.unwrap_or(default_dtype(device));
+        let cache_dir = cfg
+            .data
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| out_dir.join("data-cache"));
+        let mut policy =
+            build_policy(&cfg.policy.name, &cfg.policy.params).context("field `policy`")?;
+        let model = if resuming {
+            Model::load(out_dir, device, kind)
+                .with_context(|| format!("resuming from {}", out_dir.display()))?
+        } else {
+            starting_model(cfg, device, kind, &cache_dir)?
+        };
+        let tok = model
+            .tokenizer
+            .clone()
+            .context("the model has no tokenizer")?;
+        let data = TrainData::prepare(cfg, &tok, eos_id(&model, &tok), &cache_dir)?;
+        let heldout = if cfg.eval.sequences > 0 {
+            data.heldout_batches(cfg.eval.sequences, device)?
+        } else {
+            Vec::new()
+        };
+        let policy_vs = nn::VarStore::new(device);
+        tch::manual_seed(cfg.seed as i64 ^ 0x5EED);
+        policy.init(
+            &(policy_vs.root() / cfg.policy.name.as_str()),
+            &model.config,
+        )?;
+        let frozen = if cfg.loss.teacher == TeacherChoice::Frozen && cfg.loss.w_kd > 0.0 {
+            let mut f = starting_model(cfg, device, kind, &cache_dir)?;
+            f.vs.freeze();
+            Some(f)
+        } else {
+            None
+        };
+        let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+        vars.extend(
+            policy_vs
+                .variables()
+                .into_iter()
+                .map(|(n, t)| (format!("policy.{n}"), t)),
+        );
+        let opt = AdamW::new(vars, &cfg.optim);
+        Ok(Session {
+            model,
+            frozen,
+            policy,
+            policy_vs,
+            opt,
+            data,
+            heldout,
+            device,
+        })
     }
 
-    let bar = if opts.progress {
-        let b = indicatif::ProgressBar::new(cfg.steps as u64);
-        if let Ok(style) = indicatif::ProgressStyle::with_template(
-            "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
-        ) {
-            b.set_style(style);
-        }
-        b.set_position(state.step as u64);
-        b
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    fn evaluate(&mut self, cfg: &TrainConfig, step: usize) -> anyhow::Result<EvalRecord> {
+        evaluate(&self.model, self.policy.as_mut(), &self.heldout, cfg, step)
+    }
 
-    let (lo, hi) = cfg.split.range(cfg.seq_len);
-    let tokens_per_step = cfg.batch_size * cfg.seq_len * cfg.grad_accum as i64;
-    let session_start = Instant::now();
-    let mut step_seconds = 0.0;
-    let start_step = state.step;
-    let mut last: Option<StepLog> = None;
-    let mut interrupted = false;
-    while state.step < cfg.steps {
-        let step = state.step;
-        let t0 = Instant::now();
+    /// One optimiser step (gradient accumulation over micro-batches, clipping, AdamW at the
+    /// scheduled lr); stops with an error naming the last good checkpoint on a non-finite loss.
+    fn step(
+        &mut self,
+        cfg: &TrainConfig,
+        step: usize,
+        out_dir: &Path,
+        last_saved: Option<usize>,
+    ) -> anyhow::Result<StepLog> {
         let lr = learning_rate(&cfg.optim, step, cfg.steps);
-        opt.zero_grad();
+        self.opt.zero_grad();
         let mut log = StepLog {
             step: step + 1,
             lr,
             ..Default::default()
         };
-        let acc = cfg.grad_accum as f64;
-        let add = |slot: &mut Option<f64>, v: Option<f64>| {
-            if let Some(x) = v {
-                *slot = Some(slot.unwrap_or(0.0) + x / acc);
-            }
-        };
         for micro in 0..cfg.grad_accum {
-            let batch = data.batch(step, micro, device)?;
-            let mut srng = step_rng(cfg.seed, step, micro, Stream::Split);
-            let p = sample_prefix(lo, hi, &mut srng);
-            let kept = sample_budget(&cfg.budget, &mut srng).kept(p);
-            let mut prng = step_rng(cfg.seed, step, micro, Stream::Policy);
-            let terms: LossTerms = batch_loss(
-                &model,
-                frozen.as_ref().map(|f| &f.net),
-                policy.as_mut(),
-                &batch.tokens,
-                &batch.labels,
-                p,
-                kept,
-                &cfg.loss,
-                &mut prng,
-            )
-            .with_context(|| format!("step {}", step + 1))?;
+            let terms = self.micro_batch(cfg, step, micro)?;
             let total = terms.total.double_value(&[]);
             for (name, v) in [
                 ("the masked NTP loss", terms.mask),
@@ -405,44 +486,58 @@ pub fn train(
             ] {
                 check_finite(step + 1, name, v, out_dir, last_saved)?;
             }
-            log.loss += total / acc;
-            add(&mut log.mask, terms.mask);
-            add(&mut log.kd, terms.kd);
-            add(&mut log.full, terms.full);
-            add(&mut log.reg, terms.reg);
-            log.kept_fraction += terms.kept as f64 / terms.prefix_len as f64 / acc;
-            (terms.total / acc).backward();
+            accumulate(&mut log, &terms, total, cfg.grad_accum as f64);
+            (terms.total / cfg.grad_accum as f64).backward();
         }
-        log.grad_norm = opt.clip_grad_norm(cfg.optim.clip);
-        check_finite(
-            step + 1,
-            "the gradient norm",
-            Some(log.grad_norm),
-            out_dir,
-            last_saved,
-        )?;
-        opt.step(lr);
-        state.step += 1;
-        state.tokens_seen += tokens_per_step;
-        let dt = t0.elapsed().as_secs_f64();
-        state.seconds += dt;
-        step_seconds += dt;
-        log.tokens_per_second = tokens_per_step as f64 / dt.max(1e-9);
-        writeln!(metrics, "{}", serde_json::to_string(&log)?)?;
-        bar.set_message(format!(
-            "loss {:.3} mask {} kd {} full {} | {:.0} tok/s | lr {:.1e}",
-            log.loss,
-            fmt_term(log.mask),
-            fmt_term(log.kd),
-            fmt_term(log.full),
-            log.tokens_per_second,
-            lr
-        ));
-        bar.inc(1);
-        last = Some(log);
+        log.grad_norm = self.opt.clip_grad_norm(cfg.optim.clip);
+        let norm = Some(log.grad_norm);
+        check_finite(step + 1, "the gradient norm", norm, out_dir, last_saved)?;
+        self.opt.step(lr);
+        Ok(log)
+    }
+
+    /// The loss of micro-batch `micro` of `step`, with its split and budget drawn from the
+    /// `(seed, step, micro)` streams.
+    fn micro_batch(
+        &mut self,
+        cfg: &TrainConfig,
+        step: usize,
+        micro: usize,
+    ) -> anyhow::Result<LossTerms> {
+        let (lo, hi) = cfg.split.range(cfg.seq_len);
+        let batch = self.data.batch(step, micro, self.device)?;
+        let mut srng = step_rng(cfg.seed, step, micro, Stream::Split);
+        let p = sample_prefix(lo, hi, &mut srng);
+        let kept = sample_budget(&cfg.budget, &mut srng).kept(p);
+        let mut prng = step_rng(cfg.seed, step, micro, Stream::Policy);
+        batch_loss(
+            &self.model,
+            self.frozen.as_ref().map(|f| &f.net),
+            self.policy.as_mut(),
+            &batch.tokens,
+            &batch.labels,
+            p,
+            kept,
+            &cfg.loss,
+            &mut prng,
+        )
+        .with_context(|| format!("step {}", step + 1))
+    }
+
+    /// Held-out evaluation every `eval.every` steps and at the end, and a checkpoint every
+    /// `save_every` steps and when the run ends (`finishing`). Returns whether it saved.
+    fn after_step(
+        &mut self,
+        cfg: &TrainConfig,
+        state: &mut TrainerState,
+        out_dir: &Path,
+        bar: &ProgressBar,
+        finishing: bool,
+    ) -> anyhow::Result<bool> {
         let done = state.step == cfg.steps;
-        if cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !done && !heldout.is_empty() {
-            let e = evaluate(&model, policy.as_mut(), &heldout, cfg, state.step)?;
+        let has_heldout = !self.heldout.is_empty();
+        if cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !done && has_heldout {
+            let e = self.evaluate(cfg, state.step)?;
             bar.println(format!(
                 "step {}: held-out NTP {:.4}{}",
                 e.step,
@@ -453,48 +548,39 @@ pub fn train(
             ));
             state.evals.push(e);
         }
-        let stop = opts.stop_after == Some(state.step) && !done;
-        if done || stop || (cfg.save_every > 0 && state.step % cfg.save_every == 0) {
-            if done && !heldout.is_empty() {
-                state.evals.push(evaluate(
-                    &model,
-                    policy.as_mut(),
-                    &heldout,
-                    cfg,
-                    state.step,
-                )?);
-            }
-            checkpoint::save(
-                out_dir,
-                &model,
-                policy.as_ref(),
-                &policy_vs,
-                &opt,
-                cfg,
-                &state,
-            )?;
-            last_saved = Some(state.step);
+        if !(finishing || (cfg.save_every > 0 && state.step % cfg.save_every == 0)) {
+            return Ok(false);
         }
-        if stop {
-            interrupted = true;
-            break;
+        if done && has_heldout {
+            state.evals.push(self.evaluate(cfg, state.step)?);
         }
+        let (model, policy) = (&self.model, self.policy.as_ref());
+        checkpoint::save(
+            out_dir,
+            model,
+            policy,
+            &self.policy_vs,
+            &self.opt,
+            cfg,
+            state,
+        )?;
+        Ok(true)
     }
-    bar.finish_and_clear();
-    let secs = session_start.elapsed().as_secs_f64();
-    let steps_run = (state.step - start_step) as i64;
-    Ok(TrainSummary {
-        out_dir: out_dir.to_path_buf(),
-        config_hash: hash,
-        steps: state.step,
-        tokens_seen: state.tokens_seen,
-        seconds: secs,
-        tokens_per_second: (steps_run * tokens_per_step) as f64 / step_seconds.max(1e-9),
-        init_eval: state.evals.first().cloned(),
-        final_eval: state.evals.last().filter(|e| e.step == state.step).cloned(),
-        last,
-        interrupted,
-    })
+}
+
+/// Adds one micro-batch's terms to the step's log (means over the `acc` micro-batches).
+fn accumulate(log: &mut StepLog, terms: &LossTerms, total: f64, acc: f64) {
+    let add = |slot: &mut Option<f64>, v: Option<f64>| {
+        if let Some(x) = v {
+            *slot = Some(slot.unwrap_or(0.0) + x / acc);
+        }
+    };
+    log.loss += total / acc;
+    add(&mut log.mask, terms.mask);
+    add(&mut log.kd, terms.kd);
+    add(&mut log.full, terms.full);
+    add(&mut log.reg, terms.reg);
+    log.kept_fraction += terms.kept as f64 / terms.prefix_len as f64 / acc;
 }
 
 fn fmt_term(v: Option<f64>) -> String {
