@@ -115,6 +115,24 @@ fn mqar_training_rows() {
         }
     }
     assert!(repeats >= 8, "only {repeats} query lines in {text:?}");
+    // `min_train_pairs` ≤ distinct keys ≤ `max_train_pairs` in every row
+    let capped = task(
+        "mqar",
+        "context_len = 64\nmin_train_pairs = 2\nmax_train_pairs = 3",
+    );
+    for seed in 0..20 {
+        let row = capped.training_row(&tok, 96, seed, 0).unwrap();
+        let text = tok.decode(&row.ids).unwrap();
+        let keys: std::collections::HashSet<&str> = text
+            .lines()
+            .filter_map(|l| l.rsplit_once(' ').map(|(k, _)| k))
+            .collect();
+        assert!(
+            (2..=3).contains(&keys.len()),
+            "{} keys in {text:?}",
+            keys.len()
+        );
+    }
 }
 
 #[test]
