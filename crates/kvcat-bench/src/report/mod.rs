@@ -105,6 +105,30 @@ pub fn render(
     figures: &[PathBuf],
 ) -> String {
     let mut s = String::new();
+    render_header(&mut s, m, rows, cells, grid_cells);
+    let axes = Axes::of(m, curves);
+    render_auc(&mut s, &axes, curves);
+    render_gains(&mut s, &axes, curves);
+    s.push_str(&matrix::render_paired(
+        m,
+        paired.gains,
+        paired.has_examples,
+        &paired.bootstrap,
+    ));
+    render_heatmaps(&mut s, figures);
+    render_reference(&mut s, rows);
+    render_curve_figures(&mut s, figures);
+    s
+}
+
+/// The title, the run, its completeness, devices and revisions, and what AUC means.
+fn render_header(
+    s: &mut String,
+    m: &Manifest,
+    rows: &[ResultRow],
+    cells: usize,
+    grid_cells: usize,
+) {
     let run_id = rows.first().map(|r| r.run_id.clone()).unwrap_or_default();
     let _ = writeln!(s, "# kvcat report: {}\n", m.name);
     let revs: BTreeSet<&str> = rows.iter().map(|r| r.git_rev.as_str()).collect();
@@ -131,25 +155,53 @@ pub fn render(
         "**AUC** is the area under the quality–budget curve divided by the budget range: the mean quality over the swept budgets ({}), including the uncompressed reference at budget 1.0 (trapezoid rule). It is in the metric's own units; ↑ marks metrics where higher is better, ↓ lower.\n",
         m.budgets.iter().map(|b| b.to_string()).collect::<Vec<_>>().join(", ")
     );
+}
 
-    let models: Vec<&str> = m.model.iter().map(|x| x.name.as_str()).collect();
-    let mut tasks: Vec<(String, String)> = Vec::new();
-    let mut comps: Vec<String> = Vec::new();
-    let mut policies: Vec<String> = Vec::new();
-    for c in curves {
-        if !tasks.iter().any(|(t, _)| t == &c.task) {
-            tasks.push((c.task.clone(), c.metric.clone()));
+/// The rows and columns of the report's tables, in manifest and first-seen order.
+struct Axes<'a> {
+    models: Vec<&'a str>,
+    /// `(task label, metric)`.
+    tasks: Vec<(String, String)>,
+    comps: Vec<String>,
+    policies: Vec<String>,
+}
+
+impl<'a> Axes<'a> {
+    fn of(m: &'a Manifest, curves: &[Curve]) -> Axes<'a> {
+        let models: Vec<&str> = m.model.iter().map(|x| x.name.as_str()).collect();
+        let mut tasks: Vec<(String, String)> = Vec::new();
+        let mut comps: Vec<String> = Vec::new();
+        let mut policies: Vec<String> = Vec::new();
+        for c in curves {
+            if !tasks.iter().any(|(t, _)| t == &c.task) {
+                tasks.push((c.task.clone(), c.metric.clone()));
+            }
+            if !comps.contains(&c.compressor) {
+                comps.push(c.compressor.clone());
+            }
+            if !policies.contains(&c.policy) {
+                policies.push(c.policy.clone());
+            }
         }
-        if !comps.contains(&c.compressor) {
-            comps.push(c.compressor.clone());
-        }
-        if !policies.contains(&c.policy) {
-            policies.push(c.policy.clone());
+        Axes {
+            models,
+            tasks,
+            comps,
+            policies,
         }
     }
+}
 
+/// The AUC of every curve: one table per task, rows model × policy, columns compressors.
+fn render_auc(s: &mut String, axes: &Axes, curves: &[Curve]) {
+    let Axes {
+        models,
+        tasks,
+        comps,
+        policies,
+    } = axes;
     let _ = writeln!(s, "## Area under the quality–budget curve\n");
-    for (task, metric) in &tasks {
+    for (task, metric) in tasks.iter() {
         let arrow = if higher_is_better(metric) {
             "↑"
         } else {
@@ -158,8 +210,8 @@ pub fn render(
         let _ = writeln!(s, "### {task} — `{metric}` {arrow}\n");
         let _ = writeln!(s, "| model | policy | {} |", comps.join(" | "));
         let _ = writeln!(s, "|---|---|{}", "---:|".repeat(comps.len()));
-        for model in &models {
-            for policy in &policies {
+        for model in models.iter() {
+            for policy in policies.iter() {
                 let vals: Vec<String> = comps
                     .iter()
                     .map(|k| {
@@ -183,7 +235,16 @@ pub fn render(
         }
         let _ = writeln!(s);
     }
+}
 
+/// Each policy's AUC minus `none`'s, per model, compressor and task.
+fn render_gains(s: &mut String, axes: &Axes, curves: &[Curve]) {
+    let Axes {
+        models,
+        tasks,
+        comps,
+        policies,
+    } = axes;
     let g = gains(curves);
     let _ = writeln!(s, "## KV-CAT gain over `{BASELINE_POLICY}`\n");
     if g.is_empty() {
@@ -207,9 +268,9 @@ pub fn render(
                 .join(" | ")
         );
         let _ = writeln!(s, "|---|---|---|{}", "---:|".repeat(task_names.len()));
-        for model in &models {
+        for model in models.iter() {
             for policy in policies.iter().filter(|p| *p != BASELINE_POLICY) {
-                for k in &comps {
+                for k in comps.iter() {
                     let vals: Vec<f64> = task_names
                         .iter()
                         .map(|t| {
@@ -237,15 +298,10 @@ pub fn render(
         }
         let _ = writeln!(s);
     }
+}
 
-    s.push_str(&matrix::render_paired(
-        m,
-        paired.gains,
-        paired.has_examples,
-        &paired.bootstrap,
-    ));
-    render_heatmaps(&mut s, figures);
-
+/// The uncompressed reference rows (budget 1.0).
+fn render_reference(s: &mut String, rows: &[ResultRow]) {
     let _ = writeln!(s, "## Uncompressed reference (budget 1.0)\n");
     let _ = writeln!(s, "| model | policy | task | metric | value | stderr | n |");
     let _ = writeln!(s, "|---|---|---|---|---:|---:|---:|");
@@ -263,7 +319,10 @@ pub fn render(
         );
     }
     let _ = writeln!(s);
+}
 
+/// Links to the quality–budget figures.
+fn render_curve_figures(s: &mut String, figures: &[PathBuf]) {
     let curve_figures: Vec<&PathBuf> = figures.iter().filter(|f| !is_heatmap(f)).collect();
     if !curve_figures.is_empty() {
         let _ = writeln!(s, "## Quality vs budget\n");
@@ -278,7 +337,6 @@ pub fn render(
             let _ = writeln!(s, "![{name}]({PLOTS_DIR}/{name})\n");
         }
     }
-    s
 }
 
 /// The file-name prefix of heatmap figures.
