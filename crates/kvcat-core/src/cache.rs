@@ -117,6 +117,19 @@ impl LayerCache {
             + self.bias.as_ref().map_or(0, bytes)
     }
 
+    /// The first `slots` slots of every row, sharing this layer's tensors (and their autograd
+    /// history): `[b, h, slots, ..]`.
+    pub fn prefix(&self, slots: i64) -> LayerCache {
+        let cut = |t: &Tensor| t.narrow(2, 0, slots);
+        LayerCache {
+            k: cut(&self.k),
+            v: cut(&self.v),
+            positions: cut(&self.positions),
+            keep: self.keep.as_ref().map(cut),
+            bias: self.bias.as_ref().map(cut),
+        }
+    }
+
     /// Batch row `row`'s first `slots` slots as a contiguous batch-1 layer `[1, h, slots, ..]`
     /// (one example out of a right-padded batched prefill).
     pub fn row(&self, row: i64, slots: i64) -> LayerCache {
@@ -252,6 +265,15 @@ impl KvCache {
     /// Bytes really held for keys and values over all layers ([`LayerCache::held_bytes`]).
     pub fn held_bytes(&self) -> i64 {
         self.layers.iter().map(LayerCache::held_bytes).sum()
+    }
+
+    /// The first `len` slots of every layer, sharing this cache's tensors (and their autograd
+    /// history), with `seq_len = len`: the prefix of a cache of consecutive tokens.
+    pub fn prefix(&self, len: i64) -> KvCache {
+        KvCache {
+            layers: self.layers.iter().map(|l| l.prefix(len)).collect(),
+            seq_len: len,
+        }
     }
 
     /// Batch row `row` of a right-padded batched prefill whose row holds `len` tokens:

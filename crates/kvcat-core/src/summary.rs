@@ -162,10 +162,7 @@ pub fn summarize(
     }
     let b = first.k.size()[0];
     let s = layout.summary_slots();
-    let mut work = KvCache {
-        layers: prefix.layers.iter().map(shallow).collect(),
-        seq_len: p,
-    };
+    let mut work = prefix.prefix(p);
     let bias = layout.bias(model.kind(), model.device());
     let biases: Vec<Tensor> = (0..model.layers.len())
         .map(|_| bias.shallow_clone())
@@ -204,16 +201,6 @@ pub fn summarize(
             .collect(),
         seq_len: p,
     })
-}
-
-fn shallow(l: &LayerCache) -> LayerCache {
-    LayerCache {
-        k: l.k.shallow_clone(),
-        v: l.v.shallow_clone(),
-        positions: l.positions.shallow_clone(),
-        keep: None,
-        bias: None,
-    }
 }
 
 /// The summary embeddings and chunk length a checkpoint learned with the `gist` policy, from

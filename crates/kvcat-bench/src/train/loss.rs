@@ -129,7 +129,7 @@ fn continuation_logits(
                 .iter()
                 .map(|b| b.narrow(2, p, c))
                 .collect();
-            (prefix_view(prefix, p), Some(bias))
+            (prefix.prefix(p), Some(bias))
         }
     };
     let positions = Tensor::arange_start(p, t, (Kind::Int64, model.device()));
@@ -146,24 +146,6 @@ fn continuation_logits(
         .ok_or_else(|| Error::invalid("masked continuation computed no logits"))
 }
 
-/// The first `p` slots of `cache`, sharing its tensors (and their gradient).
-fn prefix_view(cache: &KvCache, p: i64) -> KvCache {
-    KvCache {
-        layers: cache
-            .layers
-            .iter()
-            .map(|l| LayerCache {
-                k: l.k.narrow(2, 0, p),
-                v: l.v.narrow(2, 0, p),
-                positions: l.positions.narrow(2, 0, p),
-                keep: None,
-                bias: None,
-            })
-            .collect(),
-        seq_len: p,
-    }
-}
-
 /// The masked student's logits for positions `P−1 .. T−1` (`[b, T − P, V]`, the rows that
 /// predict the continuation), given the unmasked pass with gradient over all `T` tokens: its
 /// logits `full` `[b, T, V]` and its cache `unmasked`. Row `P−1` is a prefix query, which no
@@ -178,7 +160,7 @@ pub fn masked_continuation_logits(
     unmasked: &KvCache,
 ) -> Result<Tensor> {
     let (t, p) = (tokens.size()[1], plan.prefix_len);
-    let prefix = prefix_view(unmasked, p);
+    let prefix = unmasked.prefix(p);
     let cont = continuation_logits(model, tokens, plan, &prefix)?;
     Ok(Tensor::cat(
         &[full.narrow(1, p - 1, 1), cont.narrow(1, 0, t - p - 1)],
