@@ -1,21 +1,22 @@
-//! Locks of the runner.
+//! Locks of the runner, both exclusive `flock(2)`s on files that are never deleted (see
+//! [`DirLock`] for why):
 //!
-//! - [`DirLock`]: one writer per results directory (an `flock`, released by the kernel when
-//!   its holder dies; see its doc for the choice).
-//! - [`JobLock`]: a lock file per training job, so that concurrent shards sharing a
-//!   checkpoint cache train each checkpoint once: the others wait for it. A lock left by a
-//!   dead process on this host is taken over; one from another host must be removed by hand
-//!   if its job died.
+//! - [`DirLock`]: one writer per results directory; a second writer fails at once.
+//! - [`JobLock`]: one trainer per training job, so that concurrent shards sharing a checkpoint
+//!   cache train each checkpoint once: the others wait for it, and take over when its holder
+//!   dies (the kernel releases the lock).
 
 use kvcat_core::{Error, Result};
-use std::fs::OpenOptions;
-use std::io::{ErrorKind, Write};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-/// Held while training one job; removes its file on drop.
+/// Held while training one job. Dropping it (or the process dying) releases the lock; the
+/// file `<id>.lock` stays, naming its last holder.
 pub struct JobLock {
-    path: PathBuf,
+    /// Kept open: closing the descriptor releases the lock.
+    _file: File,
 }
 
 fn hostname() -> String {
@@ -24,66 +25,87 @@ fn hostname() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
-fn owner_is_dead(owner: &str) -> bool {
-    match owner.trim().rsplit_once(':') {
-        Some((host, pid)) if host == hostname() => pid
-            .parse::<u32>()
-            .is_ok_and(|p| !Path::new(&format!("/proc/{p}")).exists()),
-        Some(_) => false,
-        // An empty or torn lock file: its writer died before writing it.
-        None => true,
-    }
-}
-
 impl JobLock {
-    /// Takes the lock of job `id` under `root`, waiting while another live process holds it.
-    /// Returns `None` when the checkpoint `done` appeared meanwhile.
+    /// Takes the lock of job `id` under `root`, waiting while another process holds it.
+    /// Returns `None` when the checkpoint `done` appeared meanwhile (checked again once the
+    /// lock is taken, since its holder may have finished the job while this one waited).
     pub fn acquire(root: &Path, id: &str, done: &Path, label: &str) -> Result<Option<JobLock>> {
         let path = root.join(format!("{id}.lock"));
+        let mut file = open_lock_file(&path)?;
         let mut announced = false;
         loop {
             if done.is_dir() {
                 return Ok(None);
             }
-            match OpenOptions::new().write(true).create_new(true).open(&path) {
-                Ok(mut f) => {
-                    let me = format!("{}:{}\n", hostname(), std::process::id());
-                    f.write_all(me.as_bytes())
-                        .map_err(|e| Error::io(&path, e))?;
-                    let _ = f.sync_all();
-                    return Ok(Some(JobLock { path }));
+            if lock_or_explain(&file, &path, "the training job")? {
+                if done.is_dir() {
+                    return Ok(None);
                 }
-                Err(e) if e.kind() == ErrorKind::AlreadyExists => {
-                    let owner = std::fs::read_to_string(&path).unwrap_or_default();
-                    if owner_is_dead(&owner) {
-                        tracing::warn!(
-                            "taking over the stale lock {} ({})",
-                            path.display(),
-                            owner.trim()
-                        );
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
-                    if !announced {
-                        eprintln!(
-                            "waiting for {} to finish training {label} (lock {}; delete it if that process is gone)",
-                            owner.trim(),
-                            path.display()
-                        );
-                        announced = true;
-                    }
-                    std::thread::sleep(Duration::from_secs(2));
-                }
-                Err(e) => return Err(Error::io(&path, e)),
+                note_holder(&mut file, &path)?;
+                return Ok(Some(JobLock { _file: file }));
             }
+            if !announced {
+                eprintln!(
+                    "waiting for another process to finish training {label} (lock {}: {})",
+                    path.display(),
+                    read_holder(&path).trim()
+                );
+                announced = true;
+            }
+            std::thread::sleep(Duration::from_secs(2));
         }
     }
 }
 
-impl Drop for JobLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
+/// Opens (creating, never truncating) a lock file.
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| Error::io(path, e))
+}
+
+/// Tries the lock once: `Ok(true)` when taken, `Ok(false)` when another process holds it. A
+/// filesystem without `flock` is an error naming the mounts that cause it, unless
+/// `KVCAT_NO_WRITER_LOCK` is set (then the lock counts as taken).
+fn lock_or_explain(file: &File, path: &Path, what: &str) -> Result<bool> {
+    match try_flock(file) {
+        Ok(taken) => Ok(taken),
+        Err(e) if std::env::var_os("KVCAT_NO_WRITER_LOCK").is_some() => {
+            tracing::warn!(
+                "{}: no lock ({e}); KVCAT_NO_WRITER_LOCK is set",
+                path.display()
+            );
+            Ok(true)
+        }
+        Err(e) => Err(Error::io(
+            path,
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "cannot lock {what} ({e}); this filesystem does not support flock (NFS \
+                     mounted with `nolock`, Lustre without `flock`). Use a local --out and \
+                     --checkpoints, or set KVCAT_NO_WRITER_LOCK=1 if you are sure no other \
+                     process writes there"
+                ),
+            ),
+        )),
     }
+}
+
+/// Writes [`holder_line`] into a lock file just taken, for other processes' messages.
+fn note_holder(file: &mut File, path: &Path) -> Result<()> {
+    use std::io::{Seek, SeekFrom};
+    file.set_len(0).map_err(|e| Error::io(path, e))?;
+    file.seek(SeekFrom::Start(0))
+        .map_err(|e| Error::io(path, e))?;
+    file.write_all(holder_line().as_bytes())
+        .map_err(|e| Error::io(path, e))?;
+    let _ = file.sync_all();
+    Ok(())
 }
 
 /// The lock file of a results directory (see [`DirLock`]).
@@ -109,9 +131,10 @@ pub const WRITER_LOCK_FILE: &str = "writer.lock";
 ///   the server (NLM on NFSv3, the protocol itself on NFSv4), so it excludes writers on other
 ///   hosts too. A mount with `nolock` or `local_lock=all` keeps locks on one host; Lustre
 ///   without `-o flock` refuses them (the error says so, and `KVCAT_NO_WRITER_LOCK=1` is the
-///   documented escape hatch). The training cache keeps its own per-job lock files
-///   ([`JobLock`]), which only make concurrent shards *wait*; a stale one there delays, it
-///   cannot corrupt.
+///   documented escape hatch). The training cache's per-job locks ([`JobLock`]) are `flock`s
+///   for the same reasons: an earlier `O_EXCL` version read a lock file between its creation
+///   and its first write as "torn, so stale", took it over, and two shards trained one
+///   checkpoint into the same directory.
 pub struct DirLock {
     /// Kept open: closing the descriptor releases the lock.
     _file: std::fs::File,
@@ -167,38 +190,8 @@ impl DirLock {
     /// [`Error::Locked`] naming the process that holds it.
     pub fn acquire(dir: &Path) -> Result<DirLock> {
         let path = dir.join(WRITER_LOCK_FILE);
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        let taken = match try_flock(&file) {
-            Ok(t) => t,
-            Err(e) if std::env::var_os("KVCAT_NO_WRITER_LOCK").is_some() => {
-                tracing::warn!(
-                    "{}: no lock ({e}); KVCAT_NO_WRITER_LOCK is set",
-                    path.display()
-                );
-                true
-            }
-            Err(e) => {
-                return Err(Error::io(
-                    &path,
-                    std::io::Error::new(
-                        e.kind(),
-                        format!(
-                            "cannot lock the results directory ({e}); this filesystem does not \
-                             support flock (NFS mounted with `nolock`, Lustre without `flock`). \
-                             Use a local --out, or set KVCAT_NO_WRITER_LOCK=1 if you are sure \
-                             no other process writes there"
-                        ),
-                    ),
-                ))
-            }
-        };
-        if !taken {
+        let mut file = open_lock_file(&path)?;
+        if !lock_or_explain(&file, &path, "the results directory")? {
             let holder = read_holder(&path);
             return Err(Error::Locked {
                 path,
@@ -208,14 +201,65 @@ impl DirLock {
                 },
             });
         }
-        use std::io::{Seek, SeekFrom};
-        let note = holder_line();
-        file.set_len(0).map_err(|e| Error::io(&path, e))?;
-        file.seek(SeekFrom::Start(0))
-            .map_err(|e| Error::io(&path, e))?;
-        file.write_all(note.as_bytes())
-            .map_err(|e| Error::io(&path, e))?;
-        let _ = file.sync_all();
+        note_holder(&mut file, &path)?;
         Ok(DirLock { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::{Arc, Barrier, Mutex};
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("kvcat-lock-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    /// Four shards reach one job at the same instant: exactly one trains it, the others wait
+    /// and then find it done. (The `O_EXCL` lock this replaced let two of them train.)
+    #[test]
+    fn concurrent_job_locks_let_exactly_one_train() {
+        let root = scratch("race");
+        let done = root.join("job");
+        let start = Arc::new(Barrier::new(4));
+        let trained = Arc::new(Mutex::new(0usize));
+        let workers: Vec<_> = (0..4)
+            .map(|_| {
+                let (root, done) = (root.clone(), done.clone());
+                let (start, trained) = (start.clone(), trained.clone());
+                std::thread::spawn(move || {
+                    start.wait();
+                    if let Some(_lock) = JobLock::acquire(&root, "job", &done, "job").unwrap() {
+                        *trained.lock().unwrap() += 1;
+                        std::thread::sleep(Duration::from_millis(200));
+                        std::fs::create_dir(&done).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert_eq!(*trained.lock().unwrap(), 1);
+        let holder = std::fs::read_to_string(root.join("job.lock")).unwrap();
+        assert!(
+            holder.contains(&format!("pid={}", std::process::id())),
+            "{holder}"
+        );
+        let _ = std::fs::remove_dir_all(&root);
+    }
+
+    /// A lock file left by a dead process (or an older kvcat) holds no lock: taken at once.
+    #[test]
+    fn a_leftover_lock_file_does_not_block() {
+        let root = scratch("leftover");
+        std::fs::write(root.join("job.lock"), "otherhost:1\n").unwrap();
+        let lock = JobLock::acquire(&root, "job", &root.join("job"), "job").unwrap();
+        assert!(lock.is_some());
+        let _ = std::fs::remove_dir_all(&root);
     }
 }
