@@ -5,7 +5,7 @@
 //! long dtype spellings (`float32`, `bfloat16`, `float16`) are accepted and written back in
 //! their short form.
 
-use kvcat_core::device::{default_dtype, DeviceChoice};
+use kvcat_core::device::{default_dtype, parse_dtype, DeviceChoice};
 use kvcat_core::{Error, Result};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -27,9 +27,6 @@ pub enum DeviceSpec {
     CudaIndex(usize),
 }
 
-/// The allowed `device` names, as an error message lists them.
-const DEVICE_NAMES: &str = "auto, cpu, cuda, cuda:N";
-
 impl DeviceSpec {
     /// The device choice this spec names (resolved against the machine by
     /// [`DeviceChoice::resolve`]).
@@ -45,19 +42,16 @@ impl DeviceSpec {
 
 impl FromStr for DeviceSpec {
     type Err = Error;
+    /// The names [`DeviceChoice`] reads, keeping `cuda` apart from `cuda:0`.
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "cpu" => Ok(Self::Cpu),
-            "cuda" => Ok(Self::Cuda),
-            _ => s
-                .strip_prefix("cuda:")
-                .and_then(|n| n.parse().ok())
-                .map(Self::CudaIndex)
-                .ok_or_else(|| {
-                    Error::invalid(format!("unknown device `{s}` (allowed: {DEVICE_NAMES})"))
-                }),
+        if s == "cuda" {
+            return Ok(Self::Cuda);
         }
+        Ok(match s.parse::<DeviceChoice>()? {
+            DeviceChoice::Auto => Self::Auto,
+            DeviceChoice::Cpu => Self::Cpu,
+            DeviceChoice::Cuda(i) => Self::CudaIndex(i),
+        })
     }
 }
 
@@ -87,9 +81,6 @@ pub enum DtypeSpec {
     F16,
 }
 
-/// The allowed `dtype` names, as an error message lists them.
-const DTYPE_NAMES: &str = "auto, f32, bf16, f16";
-
 impl DtypeSpec {
     /// The libtorch kind this spec names; `None` for `auto` (the device decides).
     pub fn kind(self) -> Option<Kind> {
@@ -104,14 +95,15 @@ impl DtypeSpec {
 
 impl FromStr for DtypeSpec {
     type Err = Error;
+    /// The names [`parse_dtype`] reads.
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "auto" => Ok(Self::Auto),
-            "f32" | "float32" => Ok(Self::F32),
-            "bf16" | "bfloat16" => Ok(Self::Bf16),
-            "f16" | "float16" => Ok(Self::F16),
-            _ => Err(Error::invalid(format!(
-                "unknown dtype `{s}` (allowed: {DTYPE_NAMES})"
+        match parse_dtype(s)? {
+            None => Ok(Self::Auto),
+            Some(Kind::Float) => Ok(Self::F32),
+            Some(Kind::BFloat16) => Ok(Self::Bf16),
+            Some(Kind::Half) => Ok(Self::F16),
+            Some(other) => Err(Error::invalid(format!(
+                "dtype `{s}` reads as {other:?}, which a manifest cannot ask for"
             ))),
         }
     }
