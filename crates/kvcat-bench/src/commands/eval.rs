@@ -172,9 +172,12 @@ fn parse_budgets(args: &EvalArgs) -> anyhow::Result<Vec<Budget>> {
     Ok(budgets)
 }
 
+/// The task of an invocation and its compressor (`None` for `none`).
+type Plugins = (Box<dyn Task>, Option<Box<dyn Compressor>>);
+
 /// The task and the compressor (`None` for `none`) from the registries, with their
 /// `--task-set` and `--set` parameters.
-fn build_plugins(args: &EvalArgs) -> anyhow::Result<(Box<dyn Task>, Option<Box<dyn Compressor>>)> {
+fn build_plugins(args: &EvalArgs) -> anyhow::Result<Plugins> {
     let task_params = parse_assignments(&args.task_set).context("--task-set")?;
     let comp_params = parse_assignments(&args.set).context("--set")?;
     let task = kvcat_core::task::build_task(&args.task, &task_params)?;

@@ -246,9 +246,14 @@ fn eval_seconds(m: &Manifest, cells: &[&Cell], model: &Model) -> Result<(f64, Ve
         if let std::collections::hash_map::Entry::Vacant(v) = task_len.entry(cell.task) {
             v.insert(task_context_len(m, cell.task)?);
         }
-        if !cost.contains_key(&cell.compressor) {
-            let s = example_seconds(m, model, cell.compressor, measured_len, &mut unmeasured)?;
-            cost.insert(cell.compressor, s);
+        if let std::collections::hash_map::Entry::Vacant(v) = cost.entry(cell.compressor) {
+            v.insert(example_seconds(
+                m,
+                model,
+                cell.compressor,
+                measured_len,
+                &mut unmeasured,
+            )?);
         }
     }
     let total = cells
@@ -317,7 +322,7 @@ fn example_seconds(
     let run = || evaluate_budgets(model, tok, &ex, comp, bs, &opts);
     // Cheap measurements are repeated (median of three) to damp noise.
     Ok(if first < 2.0 {
-        let mut t = vec![first, secs(run)?.1, secs(run)?.1];
+        let mut t = [first, secs(run)?.1, secs(run)?.1];
         t.sort_by(f64::total_cmp);
         t[1]
     } else {

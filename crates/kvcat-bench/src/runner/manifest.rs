@@ -91,7 +91,9 @@ pub const SCORER_POLICY: &str = "scorer";
 pub struct Manifest {
     pub name: String,
     pub seed: u64,
+    /// Where the grid runs (`auto` when absent).
     pub device: DeviceSpec,
+    /// The compute dtype of every model (`auto` when absent: bf16 on CUDA, f32 on CPU).
     pub dtype: DtypeSpec,
     /// Budgets to sweep, deduplicated, in manifest order (budget 1.0 is the reference).
     pub budgets: Vec<Budget>,

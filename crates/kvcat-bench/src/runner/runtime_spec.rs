@@ -148,6 +148,7 @@ string_bridge!(DtypeSpec);
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]

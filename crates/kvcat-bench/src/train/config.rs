@@ -293,8 +293,9 @@ impl SplitConfig {
 /// `cond` holds.
 macro_rules! check {
     ($cond:expr, $field:expr, $($reason:tt)+) => {
-        if !$cond {
-            return Err(Error::field($field, format!($($reason)+)));
+        match $cond {
+            true => {}
+            false => return Err(Error::field($field, format!($($reason)+))),
         }
     };
 }

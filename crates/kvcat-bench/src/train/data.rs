@@ -302,7 +302,8 @@ fn synthetic_rows(
     tok: &Tokenizer,
     eos: Option<i64>,
 ) -> Result<Option<SyntheticRows>> {
-    if !(cfg.data.synthetic_fraction > 0.0) {
+    let on = cfg.data.synthetic_fraction > 0.0;
+    if !on {
         return Ok(None);
     }
     let source = SyntheticSource::new(cfg.data.synthetic_task.as_ref())?;

@@ -264,7 +264,8 @@ pub fn batch_loss(
         kept: plan.kept,
     };
     if loss.w_mask > 0.0 || loss.w_kd > 0.0 {
-        pass.add_continuation_terms(model, tokens, labels, &plan, loss, &mut total, &mut terms)?;
+        total =
+            pass.add_continuation_terms(model, tokens, labels, &plan, loss, total, &mut terms)?;
     }
     if let Some(f) = &pass.full_logits {
         let full = ntp(f, labels, 1);
@@ -362,8 +363,8 @@ impl TeacherPass {
         })
     }
 
-    /// Adds the masked NTP term (`w_mask`) and the KD term (`w_kd`) of the continuation
-    /// `P..T` under `plan` to `total`, recording them in `terms`.
+    /// `total` plus the masked NTP term (`w_mask`) and the KD term (`w_kd`) of the
+    /// continuation `P..T` under `plan`, both recorded in `terms`.
     #[allow(clippy::too_many_arguments)]
     fn add_continuation_terms(
         &self,
@@ -372,9 +373,9 @@ impl TeacherPass {
         labels: &Tensor,
         plan: &MaskPlan,
         loss: &LossConfig,
-        total: &mut Tensor,
+        mut total: Tensor,
         terms: &mut LossTerms,
-    ) -> Result<()> {
+    ) -> Result<Tensor> {
         let (p, t) = (terms.prefix_len, tokens.size()[1]);
         let identity = plan.soft_bias.is_none() && plan.summary.is_none() && plan.kept >= p;
         // the student's rows P−1..T−1, which predict the continuation
@@ -388,14 +389,14 @@ impl TeacherPass {
         let m = ntp_rows(&student, &labels.narrow(1, p, t - p));
         terms.mask = Some(m.double_value(&[]));
         if loss.w_mask > 0.0 {
-            *total = &*total + m * loss.w_mask;
+            total = total + m * loss.w_mask;
         }
         if let Some(tl) = &self.teacher_logits {
             let kd = kl_rows(&tl.narrow(1, p - 1, t - p), &student, loss.kd_temperature);
             terms.kd = Some(kd.double_value(&[]));
-            *total = &*total + kd * loss.w_kd;
+            total = total + kd * loss.w_kd;
         }
-        Ok(())
+        Ok(total)
     }
 }
 

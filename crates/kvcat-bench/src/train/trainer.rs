@@ -91,7 +91,7 @@ fn scratch_tokenizer(cfg: &TrainConfig, vocab: usize, cache_dir: &Path) -> Resul
     }
     let path = cache_dir.join(format!("tokenizer-{}.json", hex16(&h.finalize())));
     if path.exists() {
-        return Ok(Tokenizer::from_file(&path)?);
+        return Tokenizer::from_file(&path);
     }
     let docs: Vec<String> = load_documents(cfg)?.into_iter().flatten().collect();
     let tok = train_bpe(&docs, vocab, t.min_frequency, t.max_chars)?;
