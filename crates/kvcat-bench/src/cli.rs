@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
+use tracing_subscriber::fmt::format::FmtSpan;
 
 /// kvcat: research on KV-cache compressibility (KV-CAT training, compressors, benchmarks).
 #[derive(Parser, Debug)]
@@ -82,6 +83,9 @@ pub fn run(command: Command) -> anyhow::Result<()> {
     }
 }
 
+/// Logs to stderr at `warn` (`-v` info, `-vv` debug; `RUST_LOG` overrides). With `-v`, the
+/// spans (`load`, `prefill`, `compress`, `decode`, `train`, `train_step`, `cell`) also log
+/// when they close, with their busy and idle time.
 fn init_logging(verbose: u8) {
     let default = match verbose {
         0 => "warn",
@@ -90,8 +94,13 @@ fn init_logging(verbose: u8) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let span_events = match verbose {
+        0 => FmtSpan::NONE,
+        _ => FmtSpan::CLOSE,
+    };
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_span_events(span_events)
         .with_writer(std::io::stderr)
         .try_init();
 }

@@ -281,7 +281,8 @@ impl EvalResult {
         self.metrics.iter().find(|m| m.name == name)
     }
 
-    /// CSV rows: one per task metric, then one per compressor extra metric.
+    /// CSV rows: one per task metric, then one per compressor extra metric, each `cell`
+    /// with this result's measured columns.
     pub fn rows(&self, cell: &CellInfo) -> Vec<ResultRow> {
         let budget = match self.budget {
             Some(b) => b.to_string(),
@@ -291,55 +292,28 @@ impl EvalResult {
             .iter()
             .chain(&self.extra)
             .map(|m| ResultRow {
-                run_id: cell.run_id.clone(),
-                cell_id: cell.cell_id.clone(),
-                model: cell.model.clone(),
-                policy: cell.policy.clone(),
-                policy_params: cell.policy_params.clone(),
-                compressor: cell.compressor.clone(),
-                compressor_params: cell.compressor_params.clone(),
                 budget: budget.clone(),
                 budget_achieved: self.budget_achieved,
                 kv_bytes: self.kv_bytes,
-                task: cell.task.clone(),
-                task_params: cell.task_params.clone(),
-                query_aware: cell.query_aware,
                 n: m.n,
                 metric: m.name.clone(),
                 value: m.mean,
                 stderr: m.stderr,
                 compress_seconds: self.compress_seconds,
                 peak_memory_mb: peak_memory_mb(&cell.device),
-                device: cell.device.clone(),
-                dtype: cell.dtype.clone(),
-                seed: cell.seed,
-                git_rev: cell.git_rev.clone(),
                 kvcat_version: KVCAT_VERSION.to_string(),
                 host_peak_rss_mb: peak_rss_mb(),
-                notes: String::new(),
+                ..cell.clone()
             })
             .collect()
     }
 }
 
-/// The descriptive columns of a cell's result rows.
-#[derive(Debug, Clone, Default)]
-pub struct CellInfo {
-    pub run_id: String,
-    pub cell_id: String,
-    pub model: String,
-    pub policy: String,
-    pub policy_params: String,
-    pub compressor: String,
-    pub compressor_params: String,
-    pub task: String,
-    pub task_params: String,
-    pub query_aware: bool,
-    pub device: String,
-    pub dtype: String,
-    pub seed: u64,
-    pub git_rev: String,
-}
+/// The descriptive columns of a cell's result rows, as a template row: its identity columns
+/// (run, cell, model, policy, compressor, task, their parameters, `query_aware`, device,
+/// dtype, seed, git revision, notes) are copied into every row, and [`EvalResult::rows`]
+/// fills in the measured ones.
+pub type CellInfo = ResultRow;
 
 /// Per-metric samples in first-seen order.
 #[derive(Default)]

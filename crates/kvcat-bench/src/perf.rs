@@ -6,11 +6,12 @@
 use crate::train::config::{LossConfig, OptimConfig};
 use crate::train::loss::batch_loss;
 use crate::train::optim::AdamW;
-use anyhow::Context;
 use kvcat_core::compressor::{build_compressor, CompressorDescriptor};
+use kvcat_core::error::ResultExt;
 use kvcat_core::model::{ForwardOptions, Logits};
 use kvcat_core::policy::{build_policy, PolicyDescriptor};
 use kvcat_core::{probe, registry, Budget, CompressionInput, KvCache, Model};
+use kvcat_core::{Error, Result};
 use rand::SeedableRng;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -79,8 +80,8 @@ pub fn median_seconds(
     device: Device,
     warmup: usize,
     repeats: usize,
-    mut run: impl FnMut() -> anyhow::Result<()>,
-) -> anyhow::Result<f64> {
+    mut run: impl FnMut() -> Result<()>,
+) -> Result<f64> {
     for _ in 0..warmup {
         run()?;
     }
@@ -107,7 +108,7 @@ fn random_tokens(model: &Model, b: i64, t: i64) -> Tensor {
 }
 
 /// Prompt tokens per second of a `len`-token prefill with last-position logits.
-pub fn prefill_tok_s(model: &Model, plan: &PerfPlan, len: i64) -> anyhow::Result<f64> {
+pub fn prefill_tok_s(model: &Model, plan: &PerfPlan, len: i64) -> Result<f64> {
     let _g = tch::no_grad_guard();
     let tokens = random_tokens(model, 1, len);
     let opts = ForwardOptions {
@@ -123,7 +124,7 @@ pub fn prefill_tok_s(model: &Model, plan: &PerfPlan, len: i64) -> anyhow::Result
 
 /// Greedy decoding tokens per second after a `decode_context`-token prefill. The next token
 /// stays on the device (argmax fed back), so a step makes no host round-trip.
-pub fn decode_tok_s(model: &Model, plan: &PerfPlan) -> anyhow::Result<f64> {
+pub fn decode_tok_s(model: &Model, plan: &PerfPlan) -> Result<f64> {
     let _g = tch::no_grad_guard();
     let context = random_tokens(model, 1, plan.decode_context);
     let mut prefilled = KvCache::new();
@@ -135,7 +136,9 @@ pub fn decode_tok_s(model: &Model, plan: &PerfPlan) -> anyhow::Result<f64> {
             ..Default::default()
         },
     )?;
-    let first = first.logits.context("prefill computed no logits")?;
+    let first = first
+        .logits
+        .ok_or_else(|| Error::invalid("prefill computed no logits"))?;
     let secs = median_seconds(model.device(), plan.warmup, plan.repeats, || {
         let mut cache = prefilled.copy();
         let mut next = first.argmax(-1, false);
@@ -150,7 +153,7 @@ pub fn decode_tok_s(model: &Model, plan: &PerfPlan) -> anyhow::Result<f64> {
 
 /// Seconds per compression of a `compress_len`-token cache by each compressor in the plan,
 /// and the compressors that failed (e.g. a budget below their protected window) with the error.
-pub fn compress_s(model: &Model, plan: &PerfPlan) -> anyhow::Result<CompressTimes> {
+pub fn compress_s(model: &Model, plan: &PerfPlan) -> Result<CompressTimes> {
     let _g = tch::no_grad_guard();
     let context = random_tokens(model, 1, plan.compress_len);
     let (cache, hidden) = probe::prefill_for_compression(model, &context)?;
@@ -206,7 +209,7 @@ pub fn train_step_seconds(
     shape: &TrainShape,
     warmup: usize,
     repeats: usize,
-) -> anyhow::Result<f64> {
+) -> Result<f64> {
     let name = shape.policy;
     let mut policy = build_policy(name, shape.policy_params)?;
     let policy_vs = nn::VarStore::new(model.device());
@@ -240,7 +243,7 @@ pub fn train_step_seconds(
 
 /// Trained tokens per second of one policy with default parameters and loss weights, on a
 /// `[train_batch, train_len]` micro-batch with prefix `T/2` of which a quarter is kept.
-pub fn train_tok_s(model: &Model, plan: &PerfPlan, policy: &str) -> anyhow::Result<f64> {
+pub fn train_tok_s(model: &Model, plan: &PerfPlan, policy: &str) -> Result<f64> {
     let prefix = (plan.train_len / 2).max(1);
     let shape = TrainShape {
         policy,
@@ -256,20 +259,20 @@ pub fn train_tok_s(model: &Model, plan: &PerfPlan, policy: &str) -> anyhow::Resu
 }
 
 /// Every registered compressor name.
-pub fn all_compressors() -> anyhow::Result<Vec<String>> {
+pub fn all_compressors() -> Result<Vec<String>> {
     let map = registry::all::<CompressorDescriptor>()?;
     Ok(map.keys().map(|k| k.to_string()).collect())
 }
 
 /// Every registered policy name.
-pub fn all_policies() -> anyhow::Result<Vec<String>> {
+pub fn all_policies() -> Result<Vec<String>> {
     let map = registry::all::<PolicyDescriptor>()?;
     Ok(map.keys().map(|k| k.to_string()).collect())
 }
 
 /// Runs the whole plan: prefill at each length, decode, compression, then training (last,
 /// since it changes the weights). Sections with nothing to measure are skipped.
-pub fn measure(model: &Model, plan: &PerfPlan) -> anyhow::Result<PerfReport> {
+pub fn measure(model: &Model, plan: &PerfPlan) -> Result<PerfReport> {
     let mut report = PerfReport {
         model: model.source.clone(),
         device: kvcat_core::device::device_name(model.device()),

@@ -286,3 +286,47 @@ fn bad_seeds_name_the_field_and_point_at_the_value() {
     let (l, _) = pos(&text, "seeds = ");
     assert!(e.starts_with(&format!("m.toml:{l}:")), "{e}");
 }
+
+#[test]
+fn device_and_dtype_are_enums_with_located_errors() {
+    use kvcat_bench::runner::runtime_spec::{DeviceSpec, DtypeSpec};
+    let text = MINI.replace("dtype = \"f32\"", "dtype = \"f8\"");
+    let (l, c) = pos(&text, "\"f8\"");
+    assert_eq!(
+        err(&text),
+        format!(
+            "m.toml:{l}:{c}: field `dtype`: unknown dtype `f8` (allowed: auto, f32, bf16, f16)"
+        )
+    );
+    let text = MINI.replace("device = \"cpu\"", "device = \"cuda:x\"");
+    let (l, c) = pos(&text, "\"cuda:x\"");
+    assert_eq!(
+        err(&text),
+        format!(
+            "m.toml:{l}:{c}: field `device`: unknown device `cuda:x` (allowed: auto, cpu, cuda, cuda:N)"
+        )
+    );
+    let m = Manifest::parse(
+        &MINI.replace("device = \"cpu\"", "device = \"cuda:1\""),
+        "m.toml",
+    )
+    .unwrap();
+    assert_eq!(
+        (m.device, m.dtype),
+        (DeviceSpec::CudaIndex(1), DtypeSpec::F32)
+    );
+    // The resolved manifest writes the names back as given and reads them again.
+    let text = m.to_toml().unwrap();
+    assert!(
+        text.contains("device = \"cuda:1\"") && text.contains("dtype = \"f32\""),
+        "{text}"
+    );
+    let again: Manifest = toml::from_str(&text).unwrap();
+    assert_eq!(again, m);
+    let bad = text.replace("dtype = \"f32\"", "dtype = \"f8\"");
+    let e = toml::from_str::<Manifest>(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("unknown dtype `f8` (allowed: auto, f32, bf16, f16)"),
+        "{e}"
+    );
+}

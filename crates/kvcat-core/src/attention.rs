@@ -247,37 +247,11 @@ impl Attention {
         let y = if single_masked {
             self.single_token_attention(&q, layer, scale)
         } else if capture.attention {
-            let kk = self.expand_kv(&layer.k);
-            let vv = self.expand_kv(&layer.v);
-            let mut scores = q.matmul(&kk.transpose(-2, -1)) * scale;
-            if let Some(m) = &mask {
-                scores += m;
-            } else if t > 1 {
-                scores += causal_mask(t, past, q.kind(), q.device());
-            }
-            let probs = scores.to_kind(Kind::Float).softmax(-1, Kind::Float);
-            let y = probs.to_kind(q.kind()).matmul(&vv);
+            let (y, probs) = self.explicit_attention(&q, layer, mask.as_ref(), past, scale);
             caught.attention = Some(probs);
             y
         } else {
-            let is_causal = mask.is_none() && past == 0 && t > 1;
-            if mask.is_none() && past > 0 && t > 1 {
-                let m = causal_mask(t, past, q.kind(), q.device());
-                Tensor::scaled_dot_product_attention(
-                    &q,
-                    &layer.k,
-                    &layer.v,
-                    Some(m),
-                    0.0,
-                    false,
-                    scale,
-                    true,
-                )
-            } else {
-                Tensor::scaled_dot_product_attention(
-                    &q, &layer.k, &layer.v, mask, 0.0, is_causal, scale, true,
-                )
-            }
+            fused_attention(&q, layer, mask, past, scale)
         };
         let out = self.o_proj.forward(&y.transpose(1, 2).contiguous().view([
             b,
@@ -285,6 +259,32 @@ impl Attention {
             self.num_heads * self.head_dim,
         ]));
         Ok((out, owned.take(), caught))
+    }
+
+    /// Attention with the probabilities materialised (for capture): `q` `[b, heads, t, d]`
+    /// over the cache expanded to query heads, `mask` added (else causal over `past` cached
+    /// slots when `t > 1`), softmax in f32. Returns the output `[b, heads, t, d]` and the
+    /// probabilities `[b, heads, t, slots]` (f32).
+    fn explicit_attention(
+        &self,
+        q: &Tensor,
+        layer: &LayerCache,
+        mask: Option<&Tensor>,
+        past: i64,
+        scale: f64,
+    ) -> (Tensor, Tensor) {
+        let t = q.size()[2];
+        let kk = self.expand_kv(&layer.k);
+        let vv = self.expand_kv(&layer.v);
+        let mut scores = q.matmul(&kk.transpose(-2, -1)) * scale;
+        if let Some(m) = mask {
+            scores += m;
+        } else if t > 1 {
+            scores += causal_mask(t, past, q.kind(), q.device());
+        }
+        let probs = scores.to_kind(Kind::Float).softmax(-1, Kind::Float);
+        let y = probs.to_kind(q.kind()).matmul(&vv);
+        (y, probs)
     }
 
     /// The additive mask `[b, heads, t, total]`, or `None` when plain causal attention suffices.
@@ -328,6 +328,37 @@ impl Attention {
             mask = mask + extra.to_kind(kind);
         }
         Ok(Some(mask.expand([b, self.num_heads, t, total], false)))
+    }
+}
+
+/// Attention through libtorch's fused kernel (grouped-query heads enabled): `q`
+/// `[b, heads, t, d]` over the cache, with `mask` when given, else causal (an explicit
+/// causal mask over `past` cached slots when there are some). Returns `[b, heads, t, d]`.
+fn fused_attention(
+    q: &Tensor,
+    layer: &LayerCache,
+    mask: Option<Tensor>,
+    past: i64,
+    scale: f64,
+) -> Tensor {
+    let t = q.size()[2];
+    let is_causal = mask.is_none() && past == 0 && t > 1;
+    if mask.is_none() && past > 0 && t > 1 {
+        let m = causal_mask(t, past, q.kind(), q.device());
+        Tensor::scaled_dot_product_attention(
+            q,
+            &layer.k,
+            &layer.v,
+            Some(m),
+            0.0,
+            false,
+            scale,
+            true,
+        )
+    } else {
+        Tensor::scaled_dot_product_attention(
+            q, &layer.k, &layer.v, mask, 0.0, is_causal, scale, true,
+        )
     }
 }
 

@@ -129,6 +129,125 @@ const HF_DEFAULTS: [(&str, &str); 3] = [
     ("max_position_embeddings", "2048"),
 ];
 
+/// A [`Error::Config`] for `field` of the config file `file`.
+fn config_error(file: &str, field: &str, reason: &str) -> Error {
+    Error::Config {
+        file: file.to_string(),
+        field: field.to_string(),
+        reason: reason.to_string(),
+    }
+}
+
+impl HfConfigRaw {
+    /// Reads `config.json` at `path` (named `file` in errors): valid JSON, field types
+    /// checked, then the fields kvcat reads.
+    fn read(path: &Path, file: &str) -> Result<HfConfigRaw> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
+            file: file.to_string(),
+            reason: format!("not valid JSON: {e}"),
+        })?;
+        check_field_types(&json, file)?;
+        serde_json::from_value(json).map_err(|e| Error::Format {
+            file: file.to_string(),
+            reason: format!("not a model config: {e}"),
+        })
+    }
+
+    /// A Llama or Mistral architecture kvcat runs: no sliding window shorter than the
+    /// context, no biased projections, SiLU activations.
+    fn check_supported(&self, file: &str) -> Result<()> {
+        let model_type = self.model_type.clone().unwrap_or_default();
+        if !matches!(model_type.as_str(), "llama" | "mistral") {
+            return Err(Error::Unsupported {
+                file: file.to_string(),
+                what: "model_type".into(),
+                value: format!("`{model_type}`"),
+                supported: "llama, mistral".into(),
+            });
+        }
+        if let Some(w) = self.sliding_window {
+            if w < self.max_position_embeddings.unwrap_or(i64::MAX) {
+                return Err(config_error(
+                    file,
+                    "sliding_window",
+                    &format!(
+                        "sliding-window attention ({w}) is not supported (allowed: null, or at \
+                         least max_position_embeddings)"
+                    ),
+                ));
+            }
+        }
+        if self.attention_bias == Some(true) || self.mlp_bias == Some(true) {
+            return Err(config_error(
+                file,
+                "attention_bias",
+                "biased projections are not supported",
+            ));
+        }
+        if let Some(act) = &self.hidden_act {
+            if act != "silu" {
+                return Err(config_error(
+                    file,
+                    "hidden_act",
+                    &format!("`{act}` is not supported (allowed: silu)"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `rope_theta`, also read from `rope_scaling` / `rope_parameters` (newer configs), whose
+    /// rope type must be `default`. `None` when the config does not say.
+    fn rope_theta(&self, file: &str) -> Result<Option<f64>> {
+        let scaling = self.rope_scaling.as_ref().or(self.rope_parameters.as_ref());
+        let mut rope_theta = self.rope_theta;
+        if let Some(s) = scaling {
+            if let Some(t) = s.get("rope_theta").and_then(|t| t.as_f64()) {
+                rope_theta = Some(t);
+            }
+            if let Some(kind) = s
+                .get("rope_type")
+                .or(s.get("type"))
+                .and_then(|k| k.as_str())
+            {
+                if kind != "default" {
+                    return Err(config_error(
+                        file,
+                        "rope_scaling",
+                        &format!("rope type `{kind}` is not supported (allowed: default)"),
+                    ));
+                }
+            }
+        }
+        Ok(rope_theta)
+    }
+
+    /// The normalised config: required sizes present, transformers' defaults for the rest.
+    fn to_config(&self, file: &str, rope_theta: Option<f64>) -> Result<LlamaConfig> {
+        let need = |v: Option<i64>, f: &str| v.ok_or_else(|| config_error(file, f, "missing"));
+        let hidden = need(self.hidden_size, "hidden_size")?;
+        let heads = need(self.num_attention_heads, "num_attention_heads")?;
+        Ok(LlamaConfig {
+            vocab_size: need(self.vocab_size, "vocab_size")?,
+            hidden_size: hidden,
+            intermediate_size: need(self.intermediate_size, "intermediate_size")?,
+            num_hidden_layers: need(self.num_hidden_layers, "num_hidden_layers")?,
+            num_attention_heads: heads,
+            num_key_value_heads: self.num_key_value_heads.unwrap_or(heads),
+            head_dim: self
+                .head_dim
+                .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
+            rms_norm_eps: self.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta: rope_theta.unwrap_or(10_000.0),
+            max_position_embeddings: self.max_position_embeddings.unwrap_or(2048),
+            tie_word_embeddings: self.tie_word_embeddings.unwrap_or(false),
+            bos_token_id: ids(&self.bos_token_id).first().copied(),
+            eos_token_ids: ids(&self.eos_token_id),
+        })
+    }
+}
+
 impl LlamaConfig {
     /// Reads and validates an HF `config.json`; a field filled in with its default is said
     /// once on stderr (see [`LlamaConfig::from_hf_json_noted`]).
@@ -145,94 +264,10 @@ impl LlamaConfig {
     /// `max_position_embeddings`).
     pub fn from_hf_json_noted(path: &Path) -> Result<(Self, Vec<String>)> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| Error::Format {
-            file: file.clone(),
-            reason: format!("not valid JSON: {e}"),
-        })?;
-        check_field_types(&json, &file)?;
-        let raw: HfConfigRaw = serde_json::from_value(json).map_err(|e| Error::Format {
-            file: file.clone(),
-            reason: format!("not a model config: {e}"),
-        })?;
-        let cfg_err = |field: &str, reason: &str| Error::Config {
-            file: file.clone(),
-            field: field.to_string(),
-            reason: reason.to_string(),
-        };
-        let model_type = raw.model_type.clone().unwrap_or_default();
-        if !matches!(model_type.as_str(), "llama" | "mistral") {
-            return Err(Error::Unsupported {
-                file,
-                what: "model_type".into(),
-                value: format!("`{model_type}`"),
-                supported: "llama, mistral".into(),
-            });
-        }
-        if let Some(w) = raw.sliding_window {
-            if w < raw.max_position_embeddings.unwrap_or(i64::MAX) {
-                return Err(cfg_err(
-                    "sliding_window",
-                    &format!(
-                        "sliding-window attention ({w}) is not supported (allowed: null, or at \
-                         least max_position_embeddings)"
-                    ),
-                ));
-            }
-        }
-        if raw.attention_bias == Some(true) || raw.mlp_bias == Some(true) {
-            return Err(cfg_err(
-                "attention_bias",
-                "biased projections are not supported",
-            ));
-        }
-        if let Some(act) = &raw.hidden_act {
-            if act != "silu" {
-                return Err(cfg_err(
-                    "hidden_act",
-                    &format!("`{act}` is not supported (allowed: silu)"),
-                ));
-            }
-        }
-        let scaling = raw.rope_scaling.as_ref().or(raw.rope_parameters.as_ref());
-        let mut rope_theta = raw.rope_theta;
-        if let Some(s) = scaling {
-            if let Some(t) = s.get("rope_theta").and_then(|t| t.as_f64()) {
-                rope_theta = Some(t);
-            }
-            if let Some(kind) = s
-                .get("rope_type")
-                .or(s.get("type"))
-                .and_then(|k| k.as_str())
-            {
-                if kind != "default" {
-                    return Err(cfg_err(
-                        "rope_scaling",
-                        &format!("rope type `{kind}` is not supported (allowed: default)"),
-                    ));
-                }
-            }
-        }
-        let need = |v: Option<i64>, f: &str| v.ok_or_else(|| cfg_err(f, "missing"));
-        let hidden = need(raw.hidden_size, "hidden_size")?;
-        let heads = need(raw.num_attention_heads, "num_attention_heads")?;
-        let cfg = LlamaConfig {
-            vocab_size: need(raw.vocab_size, "vocab_size")?,
-            hidden_size: hidden,
-            intermediate_size: need(raw.intermediate_size, "intermediate_size")?,
-            num_hidden_layers: need(raw.num_hidden_layers, "num_hidden_layers")?,
-            num_attention_heads: heads,
-            num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
-            head_dim: raw
-                .head_dim
-                .unwrap_or(if heads > 0 { hidden / heads } else { 0 }),
-            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
-            rope_theta: rope_theta.unwrap_or(10_000.0),
-            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
-            tie_word_embeddings: raw.tie_word_embeddings.unwrap_or(false),
-            bos_token_id: ids(&raw.bos_token_id).first().copied(),
-            eos_token_ids: ids(&raw.eos_token_id),
-        };
+        let raw = HfConfigRaw::read(path, &file)?;
+        raw.check_supported(&file)?;
+        let rope_theta = raw.rope_theta(&file)?;
+        let cfg = raw.to_config(&file, rope_theta)?;
         cfg.validate(&file)?;
         let present = [
             raw.rms_norm_eps.is_some(),

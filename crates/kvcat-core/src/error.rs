@@ -20,6 +20,18 @@ pub enum Error {
         field: String,
         reason: String,
     },
+    /// A field of a configuration, named by its key path (`optim.lr`, `budget.values[0]`),
+    /// has a bad value; `reason` says what was expected and what was found.
+    #[error("field `{field}`: {reason}")]
+    Field { field: String, reason: String },
+    /// An error with what was being done when it happened: the file, field, step or item
+    /// it concerns. Prints as `context: source`.
+    #[error("{context}: {source}")]
+    Context {
+        context: String,
+        #[source]
+        source: Box<Error>,
+    },
     /// A file is not in the expected format (corrupt header, bad magic, truncated data).
     #[error("{file}: {reason}")]
     Format { file: String, reason: String },
@@ -106,5 +118,56 @@ impl Error {
     /// An [`Error::Invalid`] from anything printable.
     pub fn invalid(msg: impl Into<String>) -> Self {
         Error::Invalid(msg.into())
+    }
+    /// An [`Error::Field`]: `field` (a key path) has a bad value, for `reason`.
+    pub fn field(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Field {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+    /// This error inside an [`Error::Context`] saying what was being done.
+    pub fn context(self, context: impl Into<String>) -> Self {
+        Error::Context {
+            context: context.into(),
+            source: Box::new(self),
+        }
+    }
+}
+
+/// `.context(..)` and `.with_context(..)` for results whose error converts into [`Error`]:
+/// wraps the error in an [`Error::Context`] naming what was being done.
+pub trait ResultExt<T> {
+    /// Wraps the error with `context`.
+    fn context(self, context: impl Into<String>) -> Result<T>;
+    /// Wraps the error with the context `f` gives (built only on error).
+    fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T>;
+}
+
+impl<T, E: Into<Error>> ResultExt<T> for std::result::Result<T, E> {
+    fn context(self, context: impl Into<String>) -> Result<T> {
+        self.map_err(|e| e.into().context(context))
+    }
+    fn with_context<S: Into<String>>(self, f: impl FnOnce() -> S) -> Result<T> {
+        self.map_err(|e| e.into().context(f()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn field_and_context_messages() {
+        let e = Error::field("optim.lr", "must be > 0, got -1");
+        assert_eq!(e.to_string(), "field `optim.lr`: must be > 0, got -1");
+        let r: Result<()> = Err(e);
+        let e = r.context("in train.toml").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "in train.toml: field `optim.lr`: must be > 0, got -1"
+        );
+        assert!(std::error::Error::source(&e).is_some());
     }
 }

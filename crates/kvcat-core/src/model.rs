@@ -328,6 +328,11 @@ impl Llama {
 
     /// Runs `tokens` `[b, t]` into a fresh cache without computing logits.
     pub fn prefill(&self, tokens: &Tensor) -> Result<KvCache> {
+        let _span = tracing::info_span!(
+            "prefill",
+            tokens = tokens.size().last().copied().unwrap_or(0)
+        )
+        .entered();
         let mut cache = KvCache::new();
         self.forward_with(
             tokens,

@@ -109,18 +109,12 @@ fn grid_formula(m: &Manifest, grid: &Grid) -> String {
     }
 }
 
+/// `--dry-run`: prints what the manifest expands to and what is left to run in `opts.out`,
+/// then (`with_estimate`) a measured time estimate.
 fn dry_run(m: &Manifest, opts: &BenchOptions, with_estimate: bool) -> anyhow::Result<()> {
     let grid = Grid::expand(m)?;
     let cells = shard_cells(&grid, opts.shard);
-    let done: BTreeSet<String> = if opts.out.join(RESULTS_FILE).exists() {
-        recover(&opts.out)?
-            .cells
-            .into_iter()
-            .map(|(id, _)| id)
-            .collect()
-    } else {
-        BTreeSet::new()
-    };
+    let done = finished_cells(&opts.out)?;
     let todo: Vec<_> = cells.iter().filter(|c| !done.contains(&c.id)).collect();
     println!("manifest {} (run {})", m.name, m.run_id()?);
     println!("  device {}, dtype {}, seed {}", m.device, m.dtype, m.seed);
@@ -132,43 +126,7 @@ fn dry_run(m: &Manifest, opts: &BenchOptions, with_estimate: bool) -> anyhow::Re
             .collect::<Vec<_>>()
             .join(", ")
     );
-    println!("training jobs ({}):", grid.train_jobs.len());
-    for job in &grid.train_jobs {
-        let cached = opts.checkpoints.join(&job.id).is_dir();
-        println!(
-            "  {:<28} {}  {}",
-            job.label,
-            job.id,
-            if cached { "cached" } else { "to train" }
-        );
-    }
-    println!("checkpoints ({}):", grid.checkpoints.len());
-    for c in &grid.checkpoints {
-        println!(
-            "  {}/{} {}",
-            c.model,
-            c.policy,
-            kvcat_core::registry::params_string(&c.policy_params)
-        );
-    }
-    println!("compressors ({}):", m.compressor.len());
-    for c in &m.compressor {
-        println!(
-            "  {} {}",
-            c.name,
-            kvcat_core::registry::params_string(&c.params)
-        );
-    }
-    println!("tasks ({}):", m.task.len());
-    for t in &m.task {
-        println!(
-            "  {} n={} seed={} {}",
-            t.name,
-            t.n,
-            t.seed,
-            kvcat_core::registry::params_string(&t.params)
-        );
-    }
+    print_grid(m, &grid, &opts.checkpoints);
     println!("grid: {}", grid_formula(m, &grid));
     if let Some(s) = opts.shard {
         println!("shard {s}: {} cells", cells.len());
@@ -192,6 +150,54 @@ fn dry_run(m: &Manifest, opts: &BenchOptions, with_estimate: bool) -> anyhow::Re
         est.basis
     );
     Ok(())
+}
+
+/// The ids of the cells already finished in the results directory `out` (none when it has
+/// no results yet).
+fn finished_cells(out: &Path) -> anyhow::Result<BTreeSet<String>> {
+    if !out.join(RESULTS_FILE).exists() {
+        return Ok(BTreeSet::new());
+    }
+    Ok(recover(out)?.cells.into_iter().map(|(id, _)| id).collect())
+}
+
+/// The grid's parts: training jobs (cached in `checkpoints` or to train), checkpoints,
+/// compressors and tasks, each with its parameters.
+fn print_grid(m: &Manifest, grid: &Grid, checkpoints: &Path) {
+    use kvcat_core::registry::params_string;
+    println!("training jobs ({}):", grid.train_jobs.len());
+    for job in &grid.train_jobs {
+        let cached = checkpoints.join(&job.id).is_dir();
+        println!(
+            "  {:<28} {}  {}",
+            job.label,
+            job.id,
+            if cached { "cached" } else { "to train" }
+        );
+    }
+    println!("checkpoints ({}):", grid.checkpoints.len());
+    for c in &grid.checkpoints {
+        println!(
+            "  {}/{} {}",
+            c.model,
+            c.policy,
+            params_string(&c.policy_params)
+        );
+    }
+    println!("compressors ({}):", m.compressor.len());
+    for c in &m.compressor {
+        println!("  {} {}", c.name, params_string(&c.params));
+    }
+    println!("tasks ({}):", m.task.len());
+    for t in &m.task {
+        println!(
+            "  {} n={} seed={} {}",
+            t.name,
+            t.n,
+            t.seed,
+            params_string(&t.params)
+        );
+    }
 }
 
 fn print_summary(m: &Manifest, opts: &BenchOptions, s: &BenchSummary) {

@@ -3,12 +3,16 @@
 
 use crate::commands::common::ModelArgs;
 use crate::evaluate::{
-    apply_chat_template, check_task_fits, evaluate_budgets, mean_context_len, prepare, CellInfo,
-    EvalOptions, EvalResult,
+    apply_chat_template, check_task_fits, evaluate_budgets, mean_context_len, prepare, EvalOptions,
+    EvalResult,
 };
 use crate::results::{git_revision, ResultRow};
+use crate::runner::store::append_rows_csv;
 use anyhow::{bail, Context};
+use kvcat_core::compressor::Compressor;
 use kvcat_core::registry::params_string;
+use kvcat_core::task::Task;
+use kvcat_core::Model;
 use kvcat_core::{Budget, Tokenizer};
 use sha2::{Digest, Sha256};
 use std::path::PathBuf;
@@ -102,58 +106,15 @@ pub fn cell_hash(parts: &[&str]) -> String {
         .collect()
 }
 
+/// `kvcat eval`: builds the task and compressor, loads the model, evaluates every budget
+/// on one prefill per example, prints the table and appends the rows to `--csv`.
 pub fn run(args: EvalArgs) -> anyhow::Result<()> {
-    let budgets: Vec<Budget> = args
-        .budget
-        .iter()
-        .map(|b| b.parse::<Budget>())
-        .collect::<kvcat_core::Result<_>>()?;
-    if args.compressor == "none" && budgets.len() > 1 {
-        bail!("several --budget values need a --compressor (`none` keeps the whole cache)");
-    }
-    if args.compress_every.is_some() && args.compressor == "none" {
-        bail!("--compress-every needs a --compressor (`none` keeps the whole cache)");
-    }
-    if args.compress_every == Some(0) {
-        bail!("--compress-every must be at least 1");
-    }
-    let task_params = parse_assignments(&args.task_set).context("--task-set")?;
-    let comp_params = parse_assignments(&args.set).context("--set")?;
-    let task = kvcat_core::task::build_task(&args.task, &task_params)?;
-    let compressor = if args.compressor == "none" {
-        if !comp_params.is_empty() {
-            bail!("--set is given but --compressor is `none`");
-        }
-        None
-    } else {
-        Some(kvcat_core::compressor::build_compressor(
-            &args.compressor,
-            &comp_params,
-        )?)
-    };
-
+    let budgets = parse_budgets(&args)?;
+    let (task, compressor) = build_plugins(&args)?;
     let model = args.model.load()?;
-    let tok: Tokenizer = match &args.tokenizer {
-        Some(p) => Tokenizer::from_file(p)?,
-        None => model.tokenizer.clone().with_context(|| {
-            format!(
-                "{} has no tokenizer; pass --tokenizer tokenizer.json",
-                model.source
-            )
-        })?,
-    };
+    let tok = tokenizer_of(&args, &model)?;
     check_task_fits(task.as_ref(), &model)?;
-    // A ChatML conversation already opens with `<|im_start|>`; do not double it as BOS.
-    let bos_is_turn_start = args.chat_template.as_deref() == Some("chatml")
-        && tok.token_id("<|im_start|>").is_some()
-        && tok.token_id("<|im_start|>") == model.config.bos_token_id;
-    let opts = EvalOptions {
-        query_aware: args.query_aware,
-        add_bos: !args.no_bos && !bos_is_turn_start,
-        seed: args.seed,
-        compress_every: args.compress_every,
-        batch_size: args.batch_size,
-    };
+    let opts = eval_options(&args, &model, &tok);
     let mut examples = task
         .examples(&tok, args.n, args.seed)
         .with_context(|| format!("generating `{}` examples", args.task))?;
@@ -170,81 +131,15 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
         &opts,
     )?;
 
-    let task_params_s = params_string(&task.params());
-    let comp_params_s = compressor
-        .as_ref()
-        .map(|c| params_string(&c.params()))
-        .unwrap_or_default();
-    let device = kvcat_core::device::device_name(model.device());
-    let dtype = kvcat_core::device::dtype_name(model.kind()).to_string();
-    let git_rev = git_revision();
-    let run_id = format!(
-        "eval-{}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0)
-    );
-    let mut rows: Vec<ResultRow> = Vec::new();
-    for r in &results {
-        let budget_s = r
-            .budget
-            .map(|b| b.to_string())
-            .unwrap_or_else(|| "1".into());
-        let n_s = args.n.to_string();
-        let seed_s = args.seed.to_string();
-        let qa = args.query_aware.to_string();
-        // Compressing during generation is a different cell; without it the id is unchanged.
-        let every_s = args.compress_every.map(|n| format!("compress_every={n}"));
-        let mut id_parts: Vec<&str> = vec![
-            model.source.as_str(),
-            &args.compressor,
-            &comp_params_s,
-            &budget_s,
-            &args.task,
-            &task_params_s,
-            &n_s,
-            &seed_s,
-            &qa,
-        ];
-        id_parts.extend(every_s.as_deref());
-        let cell = CellInfo {
-            run_id: run_id.clone(),
-            cell_id: cell_hash(&id_parts),
-            model: model.source.clone(),
-            policy: String::new(),
-            policy_params: String::new(),
-            compressor: args.compressor.clone(),
-            compressor_params: comp_params_s.clone(),
-            task: args.task.clone(),
-            task_params: task_params_s.clone(),
-            query_aware: args.query_aware,
-            device: device.clone(),
-            dtype: dtype.clone(),
-            seed: args.seed,
-            git_rev: git_rev.clone(),
-        };
-        rows.extend(r.rows(&cell));
-    }
-
-    println!(
-        "model {}  task {} ({task_params_s})  n {}  mean context {:.0} tokens  compressor {}{}{}",
-        model.source,
-        args.task,
-        args.n,
-        mean_context_len(&prepared),
-        args.compressor,
-        if comp_params_s.is_empty() {
-            String::new()
-        } else {
-            format!(" ({comp_params_s})")
-        },
-        if args.query_aware {
-            "  query-aware"
-        } else {
-            ""
-        }
-    );
+    let params = CellParams {
+        task: params_string(&task.params()),
+        compressor: compressor
+            .as_ref()
+            .map(|c| params_string(&c.params()))
+            .unwrap_or_default(),
+    };
+    let rows = result_rows(&args, &model, &params, &results);
+    print_heading(&args, &model, &params, mean_context_len(&prepared));
     if args.show {
         for r in &results {
             print_predictions(r);
@@ -252,10 +147,177 @@ pub fn run(args: EvalArgs) -> anyhow::Result<()> {
     }
     print_table(&results);
     if let Some(path) = &args.csv {
-        append_csv(path, &rows)?;
+        append_rows_csv(path, &rows).with_context(|| format!("writing {}", path.display()))?;
         println!("wrote {} rows to {}", rows.len(), path.display());
     }
     Ok(())
+}
+
+/// The `--budget` values, checked against the flags that need a compressor.
+fn parse_budgets(args: &EvalArgs) -> anyhow::Result<Vec<Budget>> {
+    let budgets: Vec<Budget> = args
+        .budget
+        .iter()
+        .map(|b| b.parse::<Budget>())
+        .collect::<kvcat_core::Result<_>>()?;
+    if args.compressor == "none" && budgets.len() > 1 {
+        bail!("several --budget values need a --compressor (`none` keeps the whole cache)");
+    }
+    if args.compress_every.is_some() && args.compressor == "none" {
+        bail!("--compress-every needs a --compressor (`none` keeps the whole cache)");
+    }
+    if args.compress_every == Some(0) {
+        bail!("--compress-every must be at least 1");
+    }
+    Ok(budgets)
+}
+
+/// The task of an invocation and its compressor (`None` for `none`).
+type Plugins = (Box<dyn Task>, Option<Box<dyn Compressor>>);
+
+/// The task and the compressor (`None` for `none`) from the registries, with their
+/// `--task-set` and `--set` parameters.
+fn build_plugins(args: &EvalArgs) -> anyhow::Result<Plugins> {
+    let task_params = parse_assignments(&args.task_set).context("--task-set")?;
+    let comp_params = parse_assignments(&args.set).context("--set")?;
+    let task = kvcat_core::task::build_task(&args.task, &task_params)?;
+    let compressor = if args.compressor == "none" {
+        if !comp_params.is_empty() {
+            bail!("--set is given but --compressor is `none`");
+        }
+        None
+    } else {
+        Some(kvcat_core::compressor::build_compressor(
+            &args.compressor,
+            &comp_params,
+        )?)
+    };
+    Ok((task, compressor))
+}
+
+/// `--tokenizer`, else the model's own tokenizer.
+fn tokenizer_of(args: &EvalArgs, model: &Model) -> anyhow::Result<Tokenizer> {
+    Ok(match &args.tokenizer {
+        Some(p) => Tokenizer::from_file(p)?,
+        None => model.tokenizer.clone().with_context(|| {
+            format!(
+                "{} has no tokenizer; pass --tokenizer tokenizer.json",
+                model.source
+            )
+        })?,
+    })
+}
+
+/// The evaluation options of the flags. A ChatML conversation already opens with
+/// `<|im_start|>`, so BOS is not added when it is the model's BOS.
+fn eval_options(args: &EvalArgs, model: &Model, tok: &Tokenizer) -> EvalOptions {
+    let bos_is_turn_start = args.chat_template.as_deref() == Some("chatml")
+        && tok.token_id("<|im_start|>").is_some()
+        && tok.token_id("<|im_start|>") == model.config.bos_token_id;
+    EvalOptions {
+        query_aware: args.query_aware,
+        add_bos: !args.no_bos && !bos_is_turn_start,
+        seed: args.seed,
+        compress_every: args.compress_every,
+        batch_size: args.batch_size,
+    }
+}
+
+/// The resolved task and compressor parameters, as `k=v,…` strings.
+struct CellParams {
+    task: String,
+    compressor: String,
+}
+
+/// The CSV rows of every budget's result, with the cell columns of this invocation.
+fn result_rows(
+    args: &EvalArgs,
+    model: &Model,
+    params: &CellParams,
+    results: &[EvalResult],
+) -> Vec<ResultRow> {
+    let run_id = format!(
+        "eval-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    );
+    let template = ResultRow {
+        run_id,
+        model: model.source.clone(),
+        compressor: args.compressor.clone(),
+        compressor_params: params.compressor.clone(),
+        task: args.task.clone(),
+        task_params: params.task.clone(),
+        query_aware: args.query_aware,
+        device: kvcat_core::device::device_name(model.device()),
+        dtype: kvcat_core::device::dtype_name(model.kind()).to_string(),
+        seed: args.seed,
+        git_rev: git_revision(),
+        ..Default::default()
+    };
+    let mut rows = Vec::new();
+    for r in results {
+        let cell = ResultRow {
+            cell_id: eval_cell_id(args, model, params, r.budget),
+            ..template.clone()
+        };
+        rows.extend(r.rows(&cell));
+    }
+    rows
+}
+
+/// The cell id of one budget: a hash of model, compressor and its parameters, budget
+/// (`1` uncompressed), task and its parameters, n, seed and query-awareness.
+fn eval_cell_id(
+    args: &EvalArgs,
+    model: &Model,
+    params: &CellParams,
+    budget: Option<Budget>,
+) -> String {
+    let budget_s = budget.map(|b| b.to_string()).unwrap_or_else(|| "1".into());
+    let n_s = args.n.to_string();
+    let seed_s = args.seed.to_string();
+    let qa = args.query_aware.to_string();
+    // Compressing during generation is a different cell; without it the id is unchanged.
+    let every_s = args.compress_every.map(|n| format!("compress_every={n}"));
+    let mut id_parts: Vec<&str> = vec![
+        model.source.as_str(),
+        &args.compressor,
+        &params.compressor,
+        &budget_s,
+        &args.task,
+        &params.task,
+        &n_s,
+        &seed_s,
+        &qa,
+    ];
+    id_parts.extend(every_s.as_deref());
+    cell_hash(&id_parts)
+}
+
+/// The line above the table: model, task, examples, context length, compressor.
+fn print_heading(args: &EvalArgs, model: &Model, params: &CellParams, mean_context: f64) {
+    println!(
+        "model {}  task {} ({})  n {}  mean context {:.0} tokens  compressor {}{}{}",
+        model.source,
+        args.task,
+        params.task,
+        args.n,
+        mean_context,
+        args.compressor,
+        if params.compressor.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", params.compressor)
+        },
+        if args.query_aware {
+            "  query-aware"
+        } else {
+            ""
+        }
+    );
 }
 
 fn print_predictions(r: &EvalResult) {
@@ -303,29 +365,4 @@ fn print_table(results: &[EvalResult]) {
             );
         }
     }
-}
-
-/// Appends rows to a CSV file, writing the header only when the file is new or empty.
-pub fn append_csv(path: &std::path::Path, rows: &[ResultRow]) -> anyhow::Result<()> {
-    let fresh = std::fs::metadata(path)
-        .map(|m| m.len() == 0)
-        .unwrap_or(true);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .with_context(|| format!("opening {}", path.display()))?;
-    let mut w = csv::WriterBuilder::new()
-        .has_headers(fresh)
-        .from_writer(file);
-    for r in rows {
-        w.serialize(r)
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    w.flush()
-        .with_context(|| format!("writing {}", path.display()))?;
-    Ok(())
 }

@@ -133,7 +133,7 @@ fn plan(a: &PerfArgs) -> anyhow::Result<PerfPlan> {
         "--train-batch must be ≥ 1 and --train-len ≥ 4"
     );
     let has = |s: Section| a.sections.contains(&s);
-    let pick = |given: &[String], all: fn() -> anyhow::Result<Vec<String>>, on: bool| match (
+    let pick = |given: &[String], all: fn() -> kvcat_core::Result<Vec<String>>, on: bool| match (
         on,
         given.is_empty(),
     ) {

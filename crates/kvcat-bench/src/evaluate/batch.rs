@@ -46,6 +46,7 @@ struct Prefill {
 impl Prefill {
     /// Prefills `batch`'s contexts right-padded; `hidden`: keep per-layer hidden states.
     fn run(model: &Llama, batch: &[&Prepared], hidden: bool, last: bool) -> Result<Self> {
+        let _span = tracing::info_span!("prefill", rows = batch.len()).entered();
         let contexts: Vec<&Tensor> = batch.iter().map(|p| &p.context).collect();
         let padded = RaggedBatch::new(&contexts, model.device())?;
         let mut full = KvCache::new();
@@ -180,7 +181,10 @@ fn compress_row(
     // whatever synchronizes next (decoding).
     sync(model.device());
     let t0 = Instant::now();
-    let compressed = c.compress(&input)?;
+    let compressed = {
+        let _span = tracing::info_span!("compress", method = c.name(), budget = %budget).entered();
+        c.compress(&input)?
+    };
     sync(model.device());
     Ok((
         compressed.cache,
@@ -264,6 +268,7 @@ fn generate<F: Fn(usize) -> u64>(
     let answer_nll = answer_nll(model, batch, &mut cache, &last, &after)?;
     let max_new: Vec<usize> = batch.iter().map(|p| p.max_new_tokens).collect();
     let stop = &model.config.eos_token_ids;
+    let _span = tracing::info_span!("decode", rows = batch.len()).entered();
     let ids = match during {
         None => greedy_rows(model, &mut cache, &last, &after, &max_new, stop)?,
         Some(d) => {

@@ -127,95 +127,147 @@ pub fn render_paired(
     s
 }
 
+/// The gain tables of one task and metric: a heading, the AUC gains per compressor, then
+/// the gains per budget.
 fn render_group(s: &mut String, paired: &[PairedGain], task: &str, metric: &str) {
-    let here: Vec<&PairedGain> = paired
-        .iter()
-        .filter(|g| g.task == task && g.metric == metric)
-        .collect();
-    let arrow = if higher_is_better(metric) {
-        "↑"
-    } else {
-        "↓"
-    };
-    let dp = decimals_for(
-        here.iter()
-            .map(|g| g.interval.mean.abs())
-            .filter(|v| v.is_finite())
-            .fold(0.0, f64::max),
-    );
-    let size = here.first().map(|g| g.interval).map(|i| {
-        let seeds = if i.seeds > 1 {
-            format!(", {} seeds", i.seeds)
-        } else {
-            String::new()
-        };
-        format!("{} examples{seeds}", i.examples / i.seeds.max(1))
-    });
-    let _ = writeln!(
-        s,
-        "### {task} — `{metric}` {arrow} ({})\n",
-        size.unwrap_or_default()
-    );
-    let models = distinct(here.iter().map(|g| g.model.as_str()));
-    let policies = distinct(here.iter().map(|g| g.policy.as_str()));
-    let comps = distinct(
-        here.iter()
-            .map(|g| g.compressor.as_str())
-            .filter(|c| *c != REFERENCE_COMPRESSOR),
-    );
-    let budgets = distinct(
-        here.iter()
-            .filter_map(|g| g.budget.as_deref())
-            .filter(|b| *b != REFERENCE_BUDGET),
-    );
-    let _ = writeln!(s, "AUC gain:\n\n| model | policy | {} |", comps.join(" | "));
-    let _ = writeln!(s, "|---|---|{}", "---:|".repeat(comps.len()));
-    for &model in &models {
-        for &policy in &policies {
-            let cells: Vec<String> = comps
-                .iter()
-                .map(|&c| {
-                    find(paired, (model, policy, c), task, metric, None)
-                        .map_or("–".into(), |g| fmt_interval(&g.interval, dp))
-                })
-                .collect();
-            let _ = writeln!(s, "| {model} | {policy} | {} |", cells.join(" | "));
+    let group = GainGroup::new(paired, task, metric);
+    group.heading(s);
+    group.auc_table(s);
+    group.budget_table(s);
+    let _ = writeln!(s);
+}
+
+/// The paired gains of one task and metric, with the rows and columns of their tables.
+struct GainGroup<'a> {
+    paired: &'a [PairedGain],
+    task: &'a str,
+    metric: &'a str,
+    here: Vec<&'a PairedGain>,
+    /// Decimals of every interval in the group.
+    dp: usize,
+    models: Vec<&'a str>,
+    policies: Vec<&'a str>,
+    /// Compressors other than the uncompressed reference.
+    comps: Vec<&'a str>,
+    /// Budgets other than the uncompressed reference.
+    budgets: Vec<&'a str>,
+}
+
+impl<'a> GainGroup<'a> {
+    fn new(paired: &'a [PairedGain], task: &'a str, metric: &'a str) -> GainGroup<'a> {
+        let here: Vec<&PairedGain> = paired
+            .iter()
+            .filter(|g| g.task == task && g.metric == metric)
+            .collect();
+        let dp = decimals_for(
+            here.iter()
+                .map(|g| g.interval.mean.abs())
+                .filter(|v| v.is_finite())
+                .fold(0.0, f64::max),
+        );
+        let models = distinct(here.iter().map(|g| g.model.as_str()));
+        let policies = distinct(here.iter().map(|g| g.policy.as_str()));
+        let comps = distinct(
+            here.iter()
+                .map(|g| g.compressor.as_str())
+                .filter(|c| *c != REFERENCE_COMPRESSOR),
+        );
+        let budgets = distinct(
+            here.iter()
+                .filter_map(|g| g.budget.as_deref())
+                .filter(|b| *b != REFERENCE_BUDGET),
+        );
+        GainGroup {
+            paired,
+            task,
+            metric,
+            here,
+            dp,
+            models,
+            policies,
+            comps,
+            budgets,
         }
     }
-    let _ = writeln!(s, "\nPer budget (policy − `{BASELINE_POLICY}` at each budget alone; budget {REFERENCE_BUDGET} is uncompressed, the same for every compressor):\n");
-    let _ = writeln!(
-        s,
-        "| model | policy | compressor | {} | {REFERENCE_BUDGET} |",
-        budgets.join(" | ")
-    );
-    let _ = writeln!(s, "|---|---|---|{}---:|", "---:|".repeat(budgets.len()));
-    for &model in &models {
-        for &policy in &policies {
-            let reference = find(
-                paired,
-                (model, policy, REFERENCE_COMPRESSOR),
-                task,
-                metric,
-                Some(REFERENCE_BUDGET),
-            );
-            let reference = reference.map_or("–".into(), |g| fmt_interval(&g.interval, dp));
-            for &c in &comps {
-                let cells: Vec<String> = budgets
+
+    /// `### task — `metric` ↑ (N examples, K seeds)`.
+    fn heading(&self, s: &mut String) {
+        let arrow = if higher_is_better(self.metric) {
+            "↑"
+        } else {
+            "↓"
+        };
+        let size = self.here.first().map(|g| g.interval).map(|i| {
+            let seeds = if i.seeds > 1 {
+                format!(", {} seeds", i.seeds)
+            } else {
+                String::new()
+            };
+            format!("{} examples{seeds}", i.examples / i.seeds.max(1))
+        });
+        let _ = writeln!(
+            s,
+            "### {} — `{}` {arrow} ({})\n",
+            self.task,
+            self.metric,
+            size.unwrap_or_default()
+        );
+    }
+
+    /// The interval of `(model, policy, compressor)` at `budget` (`None`: the AUC gain),
+    /// or `–` when there is none.
+    fn cell(&self, key: (&str, &str, &str), budget: Option<&str>) -> String {
+        find(self.paired, key, self.task, self.metric, budget)
+            .map_or("–".into(), |g| fmt_interval(&g.interval, self.dp))
+    }
+
+    /// One row per model × policy, one column per compressor: the AUC gains.
+    fn auc_table(&self, s: &mut String) {
+        let comps = &self.comps;
+        let _ = writeln!(s, "AUC gain:\n\n| model | policy | {} |", comps.join(" | "));
+        let _ = writeln!(s, "|---|---|{}", "---:|".repeat(comps.len()));
+        for &model in &self.models {
+            for &policy in &self.policies {
+                let cells: Vec<String> = comps
                     .iter()
-                    .map(|&b| {
-                        find(paired, (model, policy, c), task, metric, Some(b))
-                            .map_or("–".into(), |g| fmt_interval(&g.interval, dp))
-                    })
+                    .map(|&c| self.cell((model, policy, c), None))
                     .collect();
-                let _ = writeln!(
-                    s,
-                    "| {model} | {policy} | {c} | {} | {reference} |",
-                    cells.join(" | ")
-                );
+                let _ = writeln!(s, "| {model} | {policy} | {} |", cells.join(" | "));
             }
         }
     }
-    let _ = writeln!(s);
+
+    /// One row per model × policy × compressor, one column per budget, then the
+    /// uncompressed reference: the gains at each budget alone.
+    fn budget_table(&self, s: &mut String) {
+        let budgets = &self.budgets;
+        let _ = writeln!(s, "\nPer budget (policy − `{BASELINE_POLICY}` at each budget alone; budget {REFERENCE_BUDGET} is uncompressed, the same for every compressor):\n");
+        let _ = writeln!(
+            s,
+            "| model | policy | compressor | {} | {REFERENCE_BUDGET} |",
+            budgets.join(" | ")
+        );
+        let _ = writeln!(s, "|---|---|---|{}---:|", "---:|".repeat(budgets.len()));
+        for &model in &self.models {
+            for &policy in &self.policies {
+                let reference = self.cell(
+                    (model, policy, REFERENCE_COMPRESSOR),
+                    Some(REFERENCE_BUDGET),
+                );
+                for &c in &self.comps {
+                    let cells: Vec<String> = budgets
+                        .iter()
+                        .map(|&b| self.cell((model, policy, c), Some(b)))
+                        .collect();
+                    let _ = writeln!(
+                        s,
+                        "| {model} | {policy} | {c} | {} | {reference} |",
+                        cells.join(" | ")
+                    );
+                }
+            }
+        }
+    }
 }
 
 /// One heatmap per (model, task) on the task's report metric: paired intervals where there

@@ -8,6 +8,7 @@
 use super::curves::{higher_is_better, Curve, Point};
 use crate::runner::manifest::BASELINE_POLICY;
 use kvcat_core::{Error, Result};
+use plotters::coord::types::RangedCoordf64;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use std::path::Path;
@@ -92,6 +93,8 @@ fn policy_color(policy: &str, index: usize) -> RGBColor {
 const PANEL_W: u32 = 380;
 const PANEL_H: u32 = 290;
 
+/// One panel's chart: a line per policy with its points and standard-error bars, and a
+/// legend where the lines leave room.
 fn draw_panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     panel: &Panel,
@@ -101,30 +104,7 @@ fn draw_panel<DB: DrawingBackend>(
     if pts.is_empty() {
         return Ok(());
     }
-    let (mut lo, mut hi) = pts
-        .iter()
-        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
-            (lo.min(p.value - p.stderr), hi.max(p.value + p.stderr))
-        });
-    if !(hi - lo).is_finite() || hi - lo < 1e-9 {
-        lo -= 0.5;
-        hi += 0.5;
-    }
-    // Scores in [0, 1] (match rates, F1) keep their natural axis.
-    let bounded = ["match", "f1", "accuracy"]
-        .iter()
-        .any(|k| panel.metric.contains(k));
-    if bounded && pts.iter().all(|p| (0.0..=1.0).contains(&p.value)) {
-        lo = 0.0;
-        hi = 1.0;
-    }
-    let pad = (hi - lo) * 0.08;
-    let xmin = pts
-        .iter()
-        .map(|p| p.budget)
-        .fold(f64::INFINITY, f64::min)
-        .min(1.0);
-    let xpad = ((1.0 - xmin) * 0.04).max(0.01);
+    let (x, y) = panel_axes(&panel.metric, &pts);
     let arrow = if higher_is_better(&panel.metric) {
         "↑"
     } else {
@@ -138,7 +118,7 @@ fn draw_panel<DB: DrawingBackend>(
         .margin(8)
         .x_label_area_size(32)
         .y_label_area_size(48)
-        .build_cartesian_2d((xmin - xpad)..(1.0 + xpad), (lo - pad)..(hi + pad))
+        .build_cartesian_2d(x, y)
         .map_err(|e| e.to_string())?;
     chart
         .configure_mesh()
@@ -153,34 +133,7 @@ fn draw_panel<DB: DrawingBackend>(
         .map_err(|e| e.to_string())?;
     for (policy, points) in &panel.lines {
         let i = policies.iter().position(|p| p == policy).unwrap_or(0);
-        let color = policy_color(policy, i);
-        let style = ShapeStyle::from(&color).stroke_width(2);
-        chart
-            .draw_series(LineSeries::new(
-                points.iter().map(|p| (p.budget, p.value)),
-                style,
-            ))
-            .map_err(|e| e.to_string())?
-            .label(policy.clone())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
-        chart
-            .draw_series(
-                points
-                    .iter()
-                    .map(|p| Circle::new((p.budget, p.value), 3, color.filled())),
-            )
-            .map_err(|e| e.to_string())?;
-        chart
-            .draw_series(points.iter().filter(|p| p.stderr > 0.0).map(|p| {
-                PathElement::new(
-                    vec![
-                        (p.budget, p.value - p.stderr),
-                        (p.budget, p.value + p.stderr),
-                    ],
-                    ShapeStyle::from(&color.mix(0.6)).stroke_width(1),
-                )
-            }))
-            .map_err(|e| e.to_string())?;
+        draw_policy(&mut chart, policy, points, policy_color(policy, i))?;
     }
     chart
         .configure_series_labels()
@@ -194,6 +147,73 @@ fn draw_panel<DB: DrawingBackend>(
         .background_style(WHITE.mix(0.8))
         .border_style(RGBColor(200, 200, 200))
         .draw()
+        .map_err(|e| e.to_string())?;
+    Ok(())
+}
+
+/// The panel's axis ranges `(budget, value)`: values ± stderr with 8% padding (scores in
+/// [0, 1] keep that natural axis), budgets up to 1 with 4% padding (at least 0.01).
+fn panel_axes(metric: &str, pts: &[&Point]) -> (std::ops::Range<f64>, std::ops::Range<f64>) {
+    let (mut lo, mut hi) = pts
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), p| {
+            (lo.min(p.value - p.stderr), hi.max(p.value + p.stderr))
+        });
+    if !(hi - lo).is_finite() || hi - lo < 1e-9 {
+        lo -= 0.5;
+        hi += 0.5;
+    }
+    // Scores in [0, 1] (match rates, F1) keep their natural axis.
+    let bounded = ["match", "f1", "accuracy"]
+        .iter()
+        .any(|k| metric.contains(k));
+    if bounded && pts.iter().all(|p| (0.0..=1.0).contains(&p.value)) {
+        lo = 0.0;
+        hi = 1.0;
+    }
+    let pad = (hi - lo) * 0.08;
+    let xmin = pts
+        .iter()
+        .map(|p| p.budget)
+        .fold(f64::INFINITY, f64::min)
+        .min(1.0);
+    let xpad = ((1.0 - xmin) * 0.04).max(0.01);
+    ((xmin - xpad)..(1.0 + xpad), (lo - pad)..(hi + pad))
+}
+
+/// One policy's line, its points, and its standard-error bars, labelled for the legend.
+fn draw_policy<DB: DrawingBackend>(
+    chart: &mut ChartContext<'_, DB, Cartesian2d<RangedCoordf64, RangedCoordf64>>,
+    policy: &str,
+    points: &[Point],
+    color: RGBColor,
+) -> std::result::Result<(), String> {
+    let style = ShapeStyle::from(&color).stroke_width(2);
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.budget, p.value)),
+            style,
+        ))
+        .map_err(|e| e.to_string())?
+        .label(policy.to_string())
+        .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 16, y)], style));
+    chart
+        .draw_series(
+            points
+                .iter()
+                .map(|p| Circle::new((p.budget, p.value), 3, color.filled())),
+        )
+        .map_err(|e| e.to_string())?;
+    chart
+        .draw_series(points.iter().filter(|p| p.stderr > 0.0).map(|p| {
+            PathElement::new(
+                vec![
+                    (p.budget, p.value - p.stderr),
+                    (p.budget, p.value + p.stderr),
+                ],
+                ShapeStyle::from(&color.mix(0.6)).stroke_width(1),
+            )
+        }))
         .map_err(|e| e.to_string())?;
     Ok(())
 }

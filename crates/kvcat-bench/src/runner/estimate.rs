@@ -21,13 +21,12 @@
 
 use super::checkpoints::Init;
 use super::grid::{Cell, Grid};
-use super::manifest::Manifest;
+use super::manifest::{Manifest, ModelSpec};
 use super::training::{build_config, Source};
 use crate::evaluate::{evaluate_budgets, EvalOptions, Prepared};
 use crate::perf::{train_step_seconds, TrainShape};
 use crate::train::config::TrainConfig;
 use kvcat_core::compressor::build_compressor;
-use kvcat_core::device::{default_dtype, parse_dtype, DeviceChoice};
 use kvcat_core::task::{build_task, Metric};
 use kvcat_core::{Error, Model, Result};
 use std::collections::HashMap;
@@ -85,8 +84,7 @@ fn time_train_step(model: &Model, cfg: &TrainConfig) -> Result<f64> {
         prefix,
         kept: (prefix / 4).max(1),
     };
-    let secs =
-        train_step_seconds(model, &shape, 1, 3).map_err(|e| Error::invalid(format!("{e:#}")))?;
+    let secs = train_step_seconds(model, &shape, 1, 3)?;
     Ok(secs * (cfg.batch_size as f64 / batch as f64) * (cfg.seq_len as f64 / len as f64))
 }
 
@@ -128,9 +126,10 @@ pub fn estimate(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) 
     }
 }
 
+/// Measures model by model: the training jobs not yet cached, then the cells, each model
+/// on a stand-in with its architecture.
 fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Result<Estimate> {
-    let device = m.device.parse::<DeviceChoice>()?.resolve()?;
-    let kind = parse_dtype(&m.dtype)?.unwrap_or(default_dtype(device));
+    let (device, kind) = super::runtime_spec::resolve(m.device, m.dtype)?;
     let mut est = Estimate::default();
     let mut caveat = String::new();
     let model_index = |name: &str| m.model.iter().position(|x| x.name == name);
@@ -142,136 +141,20 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
                     && !checkpoints.join(&grid.train_jobs[j].id).is_dir()
             })
             .collect();
-        let my_cells: Vec<&&Cell> = cells
+        let my_cells: Vec<&Cell> = cells
             .iter()
+            .copied()
             .filter(|c| model_index(&grid.checkpoints[c.checkpoint].model) == Some(mi))
             .collect();
         if jobs.is_empty() && my_cells.is_empty() {
             continue;
         }
-        let model = match (&spec.path, &spec.pretrain) {
-            (Some(p), _) => Model::load(Path::new(p), device, kind)?,
-            (None, Some(table)) => {
-                let cfg = build_config(m, &spec.name, table, None, Source::Scratch)?;
-                let lc = cfg
-                    .model
-                    .config
-                    .ok_or_else(|| Error::invalid("no model.config"))?;
-                Model::from_config(&lc, device, kind)?
-            }
-            _ => continue,
+        let Some(model) = stand_in(m, spec, device, kind)? else {
+            continue;
         };
-        let mut step_cache: HashMap<(String, i64, i64), f64> = HashMap::new();
-        for &j in &jobs {
-            let job = &grid.train_jobs[j];
-            let source = match &job.init {
-                Init::Scratch => Source::Scratch,
-                Init::Path(p) => Source::Path(Path::new(p)),
-                Init::Job(_) => Source::Pending,
-            };
-            let cfg = build_config(m, &job.label, &job.table, job.policy.as_ref(), source)?;
-            let key = (cfg.policy.name.clone(), cfg.batch_size, cfg.seq_len);
-            let t = match step_cache.get(&key) {
-                Some(t) => *t,
-                None => {
-                    let t = time_train_step(&model, &cfg)?;
-                    step_cache.insert(key, t);
-                    t
-                }
-            };
-            est.train_seconds += cfg.steps as f64 * cfg.grad_accum as f64 * t;
-        }
-        // Evaluation: one synthetic example per compressor (and the reference) at one
-        // context length, scaled linearly to each task's context length.
-        let budgets = m.compressed_budgets();
-        let ctx_len = |ti: usize| -> Result<i64> {
-            let t = &m.task[ti];
-            let len = build_task(&t.name, &t.params)?
-                .target_len()
-                .map(|l| l as i64)
-                .unwrap_or(512);
-            Ok((len - int_param(&t.params, "continuation_len").unwrap_or(0)).max(16))
-        };
-        let mut lens = my_cells
-            .iter()
-            .map(|c| ctx_len(c.task))
-            .collect::<Result<Vec<_>>>()?;
-        lens.sort_unstable();
-        let measured_len = lens
-            .get(lens.len() / 2)
-            .copied()
-            .unwrap_or(256)
-            .min(measure_max_len(device));
-        let mut cost: HashMap<Option<usize>, f64> = HashMap::new();
-        let mut unmeasured: Vec<String> = Vec::new();
-        let mut task_len: HashMap<usize, i64> = HashMap::new();
-        let _g = tch::no_grad_guard();
-        for cell in &my_cells {
-            if let std::collections::hash_map::Entry::Vacant(v) = task_len.entry(cell.task) {
-                v.insert(ctx_len(cell.task)?);
-            }
-            if cost.contains_key(&cell.compressor) {
-                continue;
-            }
-            let ex = [synthetic(&model, measured_len, 8, None)];
-            let opts = EvalOptions {
-                query_aware: false,
-                add_bos: false,
-                seed: m.seed,
-                compress_every: None,
-                ..Default::default()
-            };
-            let compressor = cell
-                .compressor
-                .map(|k| build_compressor(&m.compressor[k].name, &m.compressor[k].params))
-                .transpose()?;
-            // The largest compressed budget (usually the costliest) stands for all.
-            let largest = budgets
-                .iter()
-                .copied()
-                .max_by(|a, b| a.as_fraction(1 << 20).total_cmp(&b.as_fraction(1 << 20)));
-            let bs: Vec<_> = match (&compressor, largest) {
-                (Some(_), Some(b)) => vec![b],
-                _ => vec![kvcat_core::Budget::full()],
-            };
-            let fallback;
-            let tok = match &model.tokenizer {
-                Some(t) => t,
-                None => {
-                    fallback = fallback_tokenizer();
-                    &fallback
-                }
-            };
-            // A compressor that needs a trained checkpoint (`gist` reads learned summary
-            // slots) cannot run on the random stand-in: its cells are counted at the
-            // uncompressed cost, and the estimate says so.
-            let full = [kvcat_core::Budget::full()];
-            let (mut comp, mut bs) = (compressor.as_deref(), &bs[..]);
-            let first = match secs(|| evaluate_budgets(&model, tok, &ex, comp, bs, &opts)) {
-                Ok((_, s)) => s,
-                Err(e) if comp.is_some() => {
-                    let name = comp.map(|c| c.name()).unwrap_or_default();
-                    unmeasured.push(format!("`{name}` ({e})"));
-                    (comp, bs) = (None, &full[..]);
-                    secs(|| evaluate_budgets(&model, tok, &ex, comp, bs, &opts))?.1
-                }
-                Err(e) => return Err(e),
-            };
-            let run = || evaluate_budgets(&model, tok, &ex, comp, bs, &opts);
-            // Cheap measurements are repeated (median of three) to damp noise.
-            let s = if first < 2.0 {
-                let mut t = vec![first, secs(run)?.1, secs(run)?.1];
-                t.sort_by(f64::total_cmp);
-                t[1]
-            } else {
-                first
-            };
-            cost.insert(cell.compressor, s);
-        }
-        for cell in &my_cells {
-            let scale = task_len[&cell.task] as f64 / measured_len as f64;
-            est.eval_seconds += cost[&cell.compressor] * scale * m.task[cell.task].n as f64;
-        }
+        est.train_seconds += train_seconds(m, grid, &jobs, &model)?;
+        let (eval_seconds, unmeasured) = eval_seconds(m, &my_cells, &model)?;
+        est.eval_seconds += eval_seconds;
         if !unmeasured.is_empty() {
             caveat = format!(
                 "; counted at the uncompressed cost, since they cannot run on a random stand-in: {}",
@@ -284,6 +167,167 @@ fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Re
         kvcat_core::device::device_name(device),
     );
     Ok(est)
+}
+
+/// The model `spec` names: its real weights for a file, random weights of its architecture
+/// for a from-scratch model (`None` when it is neither).
+fn stand_in(m: &Manifest, spec: &ModelSpec, device: Device, kind: Kind) -> Result<Option<Model>> {
+    Ok(Some(match (&spec.path, &spec.pretrain) {
+        (Some(p), _) => Model::load(Path::new(p), device, kind)?,
+        (None, Some(table)) => {
+            let cfg = build_config(m, &spec.name, table, None, Source::Scratch)?;
+            let lc = cfg
+                .model
+                .config
+                .ok_or_else(|| Error::invalid("no model.config"))?;
+            Model::from_config(&lc, device, kind)?
+        }
+        _ => return Ok(None),
+    }))
+}
+
+/// Seconds of training `jobs` on `model`: `steps × grad_accum` measured steps each, one
+/// measurement per policy and shape.
+fn train_seconds(m: &Manifest, grid: &Grid, jobs: &[usize], model: &Model) -> Result<f64> {
+    let mut step_cache: HashMap<(String, i64, i64), f64> = HashMap::new();
+    let mut total = 0.0;
+    for &j in jobs {
+        let job = &grid.train_jobs[j];
+        let source = match &job.init {
+            Init::Scratch => Source::Scratch,
+            Init::Path(p) => Source::Path(Path::new(p)),
+            Init::Job(_) => Source::Pending,
+        };
+        let cfg = build_config(m, &job.label, &job.table, job.policy.as_ref(), source)?;
+        let key = (cfg.policy.name.clone(), cfg.batch_size, cfg.seq_len);
+        let t = match step_cache.get(&key) {
+            Some(t) => *t,
+            None => {
+                let t = time_train_step(model, &cfg)?;
+                step_cache.insert(key, t);
+                t
+            }
+        };
+        total += cfg.steps as f64 * cfg.grad_accum as f64 * t;
+    }
+    Ok(total)
+}
+
+/// The context length of task `ti`'s examples (its target length less any scored
+/// continuation; 512 when the task does not say), at least 16.
+fn task_context_len(m: &Manifest, ti: usize) -> Result<i64> {
+    let t = &m.task[ti];
+    let len = build_task(&t.name, &t.params)?
+        .target_len()
+        .map(|l| l as i64)
+        .unwrap_or(512);
+    Ok((len - int_param(&t.params, "continuation_len").unwrap_or(0)).max(16))
+}
+
+/// Seconds of evaluating `cells` on `model`: one synthetic example per compressor (and the
+/// reference) at the median context length, scaled linearly to each task's context length
+/// and example count. Also returns the compressors that could not run on the stand-in.
+fn eval_seconds(m: &Manifest, cells: &[&Cell], model: &Model) -> Result<(f64, Vec<String>)> {
+    let mut lens = cells
+        .iter()
+        .map(|c| task_context_len(m, c.task))
+        .collect::<Result<Vec<_>>>()?;
+    lens.sort_unstable();
+    let measured_len = lens
+        .get(lens.len() / 2)
+        .copied()
+        .unwrap_or(256)
+        .min(measure_max_len(model.device()));
+    let mut cost: HashMap<Option<usize>, f64> = HashMap::new();
+    let mut unmeasured: Vec<String> = Vec::new();
+    let mut task_len: HashMap<usize, i64> = HashMap::new();
+    let _g = tch::no_grad_guard();
+    for cell in cells {
+        if let std::collections::hash_map::Entry::Vacant(v) = task_len.entry(cell.task) {
+            v.insert(task_context_len(m, cell.task)?);
+        }
+        if let std::collections::hash_map::Entry::Vacant(v) = cost.entry(cell.compressor) {
+            v.insert(example_seconds(
+                m,
+                model,
+                cell.compressor,
+                measured_len,
+                &mut unmeasured,
+            )?);
+        }
+    }
+    let total = cells
+        .iter()
+        .map(|cell| {
+            let scale = task_len[&cell.task] as f64 / measured_len as f64;
+            cost[&cell.compressor] * scale * m.task[cell.task].n as f64
+        })
+        .sum();
+    Ok((total, unmeasured))
+}
+
+/// Seconds of one synthetic `len`-token example through the evaluation loop with
+/// `[[compressor]]` entry `compressor` (`None`: uncompressed) at the largest compressed
+/// budget; the median of three when cheap. A compressor that needs a trained checkpoint
+/// (`gist` reads learned summary slots) cannot run on the random stand-in: it is timed
+/// uncompressed and named in `unmeasured`.
+fn example_seconds(
+    m: &Manifest,
+    model: &Model,
+    compressor: Option<usize>,
+    len: i64,
+    unmeasured: &mut Vec<String>,
+) -> Result<f64> {
+    let ex = [synthetic(model, len, 8, None)];
+    let opts = EvalOptions {
+        query_aware: false,
+        add_bos: false,
+        seed: m.seed,
+        compress_every: None,
+        ..Default::default()
+    };
+    let compressor = compressor
+        .map(|k| build_compressor(&m.compressor[k].name, &m.compressor[k].params))
+        .transpose()?;
+    // The largest compressed budget (usually the costliest) stands for all.
+    let largest = m
+        .compressed_budgets()
+        .iter()
+        .copied()
+        .max_by(|a, b| a.as_fraction(1 << 20).total_cmp(&b.as_fraction(1 << 20)));
+    let bs: Vec<_> = match (&compressor, largest) {
+        (Some(_), Some(b)) => vec![b],
+        _ => vec![kvcat_core::Budget::full()],
+    };
+    let fallback;
+    let tok = match &model.tokenizer {
+        Some(t) => t,
+        None => {
+            fallback = fallback_tokenizer();
+            &fallback
+        }
+    };
+    let full = [kvcat_core::Budget::full()];
+    let (mut comp, mut bs) = (compressor.as_deref(), &bs[..]);
+    let first = match secs(|| evaluate_budgets(model, tok, &ex, comp, bs, &opts)) {
+        Ok((_, s)) => s,
+        Err(e) if comp.is_some() => {
+            let name = comp.map(|c| c.name()).unwrap_or_default();
+            unmeasured.push(format!("`{name}` ({e})"));
+            (comp, bs) = (None, &full[..]);
+            secs(|| evaluate_budgets(model, tok, &ex, comp, bs, &opts))?.1
+        }
+        Err(e) => return Err(e),
+    };
+    let run = || evaluate_budgets(model, tok, &ex, comp, bs, &opts);
+    // Cheap measurements are repeated (median of three) to damp noise.
+    Ok(if first < 2.0 {
+        let mut t = [first, secs(run)?.1, secs(run)?.1];
+        t.sort_by(f64::total_cmp);
+        t[1]
+    } else {
+        first
+    })
 }
 
 /// An empty tokenizer for random-weight stand-ins: the estimate decodes generated ids (unknown

@@ -8,6 +8,7 @@
 
 use super::checkpoints::{plan_checkpoints, Checkpoint, TrainJob};
 use super::manifest::{Manifest, REFERENCE_COMPRESSOR};
+use super::runtime_spec::DtypeSpec;
 use kvcat_core::budget::Budget;
 use kvcat_core::{Error, Result};
 use serde::Serialize;
@@ -71,7 +72,7 @@ struct CellKey<'a> {
     compressor: &'a str,
     compressor_params: Option<&'a toml::Table>,
     budget: String,
-    dtype: &'a str,
+    dtype: DtypeSpec,
     seed: u64,
 }
 
@@ -99,7 +100,7 @@ impl Grid {
                             .unwrap_or(REFERENCE_COMPRESSOR),
                         compressor_params: comp.map(|c| &c.params),
                         budget: budget.to_string(),
-                        dtype: &m.dtype,
+                        dtype: m.dtype,
                         seed: m.seed,
                     };
                     cells.push(Cell {

@@ -60,9 +60,9 @@
 //! errors carry `file:line:column` and, for names, every known name. The result is the
 //! *resolved* manifest (defaults filled in), which is saved beside the results.
 
+use super::runtime_spec::{DeviceSpec, DtypeSpec};
 use kvcat_core::budget::Budget;
 use kvcat_core::compressor::{build_compressor, ScorerDescriptor};
-use kvcat_core::device::{parse_dtype, DeviceChoice};
 use kvcat_core::policy::build_policy;
 use kvcat_core::registry::{get, params_string};
 use kvcat_core::task::build_task;
@@ -91,8 +91,10 @@ pub const SCORER_POLICY: &str = "scorer";
 pub struct Manifest {
     pub name: String,
     pub seed: u64,
-    pub device: String,
-    pub dtype: String,
+    /// Where the grid runs (`auto` when absent).
+    pub device: DeviceSpec,
+    /// The compute dtype of every model (`auto` when absent: bf16 on CUDA, f32 on CPU).
+    pub dtype: DtypeSpec,
     /// Budgets to sweep, deduplicated, in manifest order (budget 1.0 is the reference).
     pub budgets: Vec<Budget>,
     /// Training seeds crossed with continued pretraining (empty: one run per policy with
@@ -467,27 +469,28 @@ fn read_raw(loc: &Locator, text: &str) -> Result<RawManifest> {
 }
 
 /// `device` and `dtype` (checked, `auto` when absent), and `eval_batch_size` checked.
-fn parse_runtime(loc: &Locator, raw: &RawManifest) -> Result<(String, String)> {
-    let device = match &raw.device {
-        Some(d) => {
-            d.get_ref()
-                .parse::<DeviceChoice>()
-                .map_err(|e| loc.at(Some(d.span()), "device", e.to_string()))?;
-            d.get_ref().clone()
-        }
-        None => "auto".into(),
-    };
+fn parse_runtime(loc: &Locator, raw: &RawManifest) -> Result<(DeviceSpec, DtypeSpec)> {
+    let device = parse_spanned(loc, "device", raw.device.as_ref())?;
     if let Some(b) = raw.eval_batch_size.as_ref().filter(|b| *b.get_ref() == 0) {
         return Err(loc.at(Some(b.span()), "eval_batch_size", "must be at least 1"));
     }
-    let dtype = match &raw.dtype {
-        Some(d) => {
-            parse_dtype(d.get_ref()).map_err(|e| loc.at(Some(d.span()), "dtype", e.to_string()))?;
-            d.get_ref().clone()
-        }
-        None => "auto".into(),
-    };
+    let dtype = parse_spanned(loc, "dtype", raw.dtype.as_ref())?;
     Ok((device, dtype))
+}
+
+/// A closed-set name (`device`, `dtype`) parsed into its enum; the default when absent,
+/// an error at the value's `file:line:column` listing the allowed names when unknown.
+fn parse_spanned<T>(loc: &Locator, field: &str, value: Option<&Spanned<String>>) -> Result<T>
+where
+    T: std::str::FromStr<Err = Error> + Default,
+{
+    match value {
+        Some(v) => v
+            .get_ref()
+            .parse()
+            .map_err(|e: Error| loc.at(Some(v.span()), field, e.to_string())),
+        None => Ok(T::default()),
+    }
 }
 
 /// `budgets`, deduplicated in manifest order; at least one.

@@ -22,6 +22,7 @@ mod lock;
 pub mod manifest;
 pub mod merge;
 pub mod real;
+pub mod runtime_spec;
 pub mod shard;
 pub mod store;
 pub mod training;
@@ -123,7 +124,19 @@ struct Checkpoints<'a> {
     reused: usize,
 }
 
-impl Checkpoints<'_> {
+impl<'a> Checkpoints<'a> {
+    /// An empty cache state for `grid`'s jobs, cached under `root`.
+    fn new(grid: &'a Grid, root: &Path) -> Checkpoints<'a> {
+        Checkpoints {
+            grid,
+            root: root.to_path_buf(),
+            done: vec![None; grid.train_jobs.len()],
+            failed: vec![None; grid.train_jobs.len()],
+            trained: 0,
+            reused: 0,
+        }
+    }
+
     /// The trained directory of job `j`, training it (and its parents) if it is not cached.
     fn ensure_job(
         &mut self,
@@ -132,79 +145,92 @@ impl Checkpoints<'_> {
         bars: &MultiProgress,
         progress: bool,
     ) -> Result<PathBuf> {
-        if let Some(p) = &self.done[j] {
-            return Ok(p.clone());
+        if let Some(known) = self.known(j) {
+            return known;
         }
-        if let Some(e) = &self.failed[j] {
-            return Err(Error::invalid(e.clone()));
-        }
-        let job = &self.grid.train_jobs[j];
-        let dir = self.root.join(&job.id);
-        if dir.is_dir() {
-            tracing::info!("reusing checkpoint {} for {}", dir.display(), job.label);
-            self.reused += 1;
-            self.done[j] = Some(dir.clone());
-            return Ok(dir);
-        }
-        let result = (|| -> Result<PathBuf> {
-            let init = match &job.init {
-                Init::Scratch => None,
-                Init::Path(p) => Some(PathBuf::from(p)),
-                Init::Job(k) => Some(self.ensure_job(*k, exec, bars, progress)?),
-            };
-            std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
-            let Some(_lock) = lock::JobLock::acquire(&self.root, &job.id, &dir, &job.label)? else {
-                // Another process finished this checkpoint while we waited.
-                return Ok(dir.clone());
-            };
-            // A stable staging directory: an interrupted training resumes from its last
-            // saved step on the next run.
-            let tmp = self.root.join(format!("{}.partial", job.id));
-            std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-            let pb = if progress {
-                bars.add(ProgressBar::new(0))
-            } else {
-                ProgressBar::hidden()
-            };
-            pb.set_style(train_style());
-            pb.set_prefix(format!("train {}", job.label));
-            Plain::new(progress).line(format!("training {} …", job.label));
-            let t0 = Instant::now();
-            let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                exec.train(job, init.as_deref(), &tmp, &pb)
-            }))
-            .unwrap_or_else(|p| Err(Error::invalid(format!("panicked: {}", panic_message(p)))));
-            pb.finish_and_clear();
-            bars.remove(&pb);
-            trained?;
-            training::write_job_record(job, &tmp)?;
-            std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
-            Plain::new(progress).line(format!(
-                "trained {} in {:.0}s → {}",
-                job.label,
-                t0.elapsed().as_secs_f64(),
-                dir.display()
-            ));
-            let _ = bars.println(format!(
-                "trained {} in {:.0}s → {}",
-                job.label,
-                t0.elapsed().as_secs_f64(),
-                dir.display()
-            ));
-            Ok(dir.clone())
-        })();
-        match result {
+        match self.train_job(j, exec, bars, progress) {
             Ok(d) => {
                 self.trained += 1;
                 self.done[j] = Some(d.clone());
                 Ok(d)
             }
             Err(e) => {
-                let msg = format!("training {} failed: {e}", job.label);
+                let msg = format!("training {} failed: {e}", self.grid.train_jobs[j].label);
                 self.failed[j] = Some(msg.clone());
                 Err(Error::invalid(msg))
             }
         }
+    }
+
+    /// Job `j`'s outcome when already known: trained or failed earlier in this run, or its
+    /// checkpoint found in the cache (counted as reused). `None`: it must be trained.
+    fn known(&mut self, j: usize) -> Option<Result<PathBuf>> {
+        if let Some(p) = &self.done[j] {
+            return Some(Ok(p.clone()));
+        }
+        if let Some(e) = &self.failed[j] {
+            return Some(Err(Error::invalid(e.clone())));
+        }
+        let job = &self.grid.train_jobs[j];
+        let dir = self.root.join(&job.id);
+        if !dir.is_dir() {
+            return None;
+        }
+        tracing::info!("reusing checkpoint {} for {}", dir.display(), job.label);
+        self.reused += 1;
+        self.done[j] = Some(dir.clone());
+        Some(Ok(dir))
+    }
+
+    /// Trains job `j` (its parent first) under the job's lock into a staging directory
+    /// `<id>.partial`, then renames it to `<id>`. Another process that finished the job
+    /// while this one waited for the lock is taken at its word.
+    fn train_job(
+        &mut self,
+        j: usize,
+        exec: &mut dyn CellExecutor,
+        bars: &MultiProgress,
+        progress: bool,
+    ) -> Result<PathBuf> {
+        let grid = self.grid;
+        let job = &grid.train_jobs[j];
+        let dir = self.root.join(&job.id);
+        let init = match &job.init {
+            Init::Scratch => None,
+            Init::Path(p) => Some(PathBuf::from(p)),
+            Init::Job(k) => Some(self.ensure_job(*k, exec, bars, progress)?),
+        };
+        std::fs::create_dir_all(&self.root).map_err(|e| Error::io(&self.root, e))?;
+        let Some(_lock) = lock::JobLock::acquire(&self.root, &job.id, &dir, &job.label)? else {
+            // Another process finished this checkpoint while we waited.
+            return Ok(dir);
+        };
+        // A stable staging directory: an interrupted training resumes from its last
+        // saved step on the next run.
+        let tmp = self.root.join(format!("{}.partial", job.id));
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        let _span = tracing::info_span!("train", job = %job.label).entered();
+        let pb = training_bar(bars, progress, &job.label);
+        Plain::new(progress).line(format!("training {} …", job.label));
+        let t0 = Instant::now();
+        let trained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            exec.train(job, init.as_deref(), &tmp, &pb)
+        }))
+        .unwrap_or_else(|p| Err(Error::invalid(format!("panicked: {}", panic_message(p)))));
+        pb.finish_and_clear();
+        bars.remove(&pb);
+        trained?;
+        training::write_job_record(job, &tmp)?;
+        std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
+        let done = format!(
+            "trained {} in {:.0}s → {}",
+            job.label,
+            t0.elapsed().as_secs_f64(),
+            dir.display()
+        );
+        Plain::new(progress).line(&done);
+        let _ = bars.println(done);
+        Ok(dir)
     }
 
     /// The weights of checkpoint `c`.
@@ -260,6 +286,18 @@ impl Plain {
     }
 }
 
+/// A training progress bar for job `label` (hidden without `progress`).
+fn training_bar(bars: &MultiProgress, progress: bool, label: &str) -> ProgressBar {
+    let pb = if progress {
+        bars.add(ProgressBar::new(0))
+    } else {
+        ProgressBar::hidden()
+    };
+    pb.set_style(train_style());
+    pb.set_prefix(format!("train {label}"));
+    pb
+}
+
 fn train_style() -> ProgressStyle {
     ProgressStyle::with_template(
         "{prefix:.bold} [{bar:30.yellow/white}] {pos}/{len} steps {per_sec} ETA {eta} {msg}",
@@ -305,158 +343,266 @@ pub fn run_bench(
 ) -> Result<BenchSummary> {
     let t0 = Instant::now();
     let grid = Grid::expand(m)?;
-    let run_id = m.run_id()?;
-    let mut store = ResultStore::open(&opts.out, m)?;
-    let cells = shard_cells(&grid, opts.shard);
-    let todo: Vec<&Cell> = cells.iter().filter(|c| !store.is_done(&c.id)).collect();
-    let (mut failures, previously_failed) = FailureLog::open(&opts.out, |id| store.is_done(id))?;
-    let mut summary = BenchSummary {
-        previously_failed: previously_failed.len(),
-        run_id: run_id.clone(),
-        grid_cells: grid.cells.len(),
-        shard_cells: cells.len(),
-        skipped: cells.len() - todo.len(),
-        out: opts.out.clone(),
-        ..Default::default()
-    };
-    let bars = MultiProgress::with_draw_target(if opts.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let mut ckpts = Checkpoints {
-        grid: &grid,
-        root: opts.checkpoints.clone(),
-        done: vec![None; grid.train_jobs.len()],
-        failed: vec![None; grid.train_jobs.len()],
-        trained: 0,
-        reused: 0,
-    };
-
+    let mut run = BenchRun::open(m, opts, &grid)?;
+    let todo = run.todo();
+    run.summary.skipped = run.summary.shard_cells - todo.len();
+    let mut ckpts = Checkpoints::new(&grid, &opts.checkpoints);
     if opts.train_only {
-        let mut needed: Vec<usize> = todo.iter().map(|c| c.checkpoint).collect();
-        needed.dedup();
-        for c in needed {
-            if let Err(e) = ckpts.weights(c, exec, &bars, opts.progress) {
-                summary
-                    .failed
-                    .push((grid.checkpoints[c].id.clone(), e.to_string()));
-            }
-        }
+        run.train_needed(&todo, &mut ckpts, exec);
     } else {
-        let plain = Plain::new(opts.progress);
-        let pb = bars.add(ProgressBar::new(todo.len() as u64));
-        pb.set_style(cell_style());
-        pb.set_prefix(m.name.clone());
-        pb.enable_steady_tick(Duration::from_millis(500));
-        let git_rev = git_rev().to_string();
-        let mut announced = std::collections::HashSet::new();
-        let mut i = 0;
-        while i < todo.len() {
-            let allowance = match opts.max_cells {
-                Some(k) if summary.ran + summary.failed.len() >= k => {
-                    summary.stopped_early = true;
-                    break;
-                }
-                Some(k) => k - summary.ran - summary.failed.len(),
-                None => usize::MAX,
-            };
-            // A group: consecutive cells of one checkpoint, task and compressor.
-            let first = todo[i];
-            let mut j = i + 1;
-            while j < todo.len()
-                && j - i < allowance
-                && todo[j].checkpoint == first.checkpoint
-                && todo[j].task == first.task
-                && todo[j].compressor == first.compressor
-            {
-                j += 1;
-            }
-            let group = &todo[i..j];
-            i = j;
-            let label = cell_label(m, &grid, first);
-            pb.set_message(if group.len() > 1 {
-                format!("{label} (+{} budgets)", group.len() - 1)
-            } else {
-                label
-            });
-            let weights = ckpts.weights(first.checkpoint, exec, &bars, opts.progress);
-            let outcomes: Vec<Result<CellOutput>> = match &weights {
-                Err(e) => {
-                    // Said once per checkpoint, not once per cell.
-                    let ck = &grid.checkpoints[first.checkpoint];
-                    if announced.insert(first.checkpoint) {
-                        say(&bars, &plain, &format!("{e}; its cells are marked failed"));
-                    }
-                    let msg = format!("checkpoint {}/{} unavailable: {e}", ck.model, ck.policy);
-                    group
-                        .iter()
-                        .map(|_| Err(Error::invalid(msg.clone())))
-                        .collect()
-                }
-                Ok(w) => {
-                    let ctxs: Vec<CellContext> = group
-                        .iter()
-                        .map(|cell| CellContext {
-                            manifest: m,
-                            run_id: &run_id,
-                            cell,
-                            checkpoint: &grid.checkpoints[cell.checkpoint],
-                            weights: w,
-                            git_rev: &git_rev,
-                        })
-                        .collect();
-                    evaluate_contexts(exec, &ctxs)
-                }
-            };
-            for (cell, outcome) in group.iter().zip(outcomes) {
-                let label = cell_label(m, &grid, cell);
-                match outcome {
-                    Ok(out) => {
-                        store.append_cell(&cell.id, &out.rows, &out.examples)?;
-                        summary.ran += 1;
-                        summary.rows += out.rows.len();
-                    }
-                    Err(e) => {
-                        if weights.is_ok() {
-                            say(
-                                &bars,
-                                &plain,
-                                &format!("cell {} ({label}) failed: {e}", cell.id),
-                            );
-                        }
-                        failures.record(&cell.id, &label, &e.to_string())?;
-                        summary
-                            .failed
-                            .push((cell.id.clone(), format!("{label}: {e}")));
-                    }
-                }
-                pb.inc(1);
-            }
-            plain.cells(
-                summary.ran + summary.failed.len(),
-                todo.len(),
-                &cell_label(m, &grid, group[group.len() - 1]),
-            );
-        }
-        pb.finish_and_clear();
-        if let Some(spec) = m.analyze.as_ref().filter(|_| !summary.stopped_early) {
-            summary.analyzed = analysis::analyze_checkpoints(
+        run.evaluate_cells(&todo, &mut ckpts, exec)?;
+        if let Some(spec) = m.analyze.as_ref().filter(|_| !run.summary.stopped_early) {
+            run.summary.analyzed = analysis::analyze_checkpoints(
                 m,
                 spec,
                 &opts.out,
                 &mut ckpts,
                 exec,
-                &bars,
+                &run.bars,
                 opts.progress,
             )?;
         }
     }
-    failures.compact(|id| store.is_done(id))?;
-    summary.trained = ckpts.trained;
-    summary.reused = ckpts.reused;
-    summary.seconds = t0.elapsed().as_secs_f64();
-    Ok(summary)
+    run.failures.compact(|id| run.store.is_done(id))?;
+    run.summary.trained = ckpts.trained;
+    run.summary.reused = ckpts.reused;
+    run.summary.seconds = t0.elapsed().as_secs_f64();
+    Ok(run.summary)
+}
+
+/// One run of a manifest's shard: its stores, progress output and tally.
+struct BenchRun<'g> {
+    m: &'g Manifest,
+    opts: &'g BenchOptions,
+    grid: &'g Grid,
+    run_id: String,
+    git_rev: String,
+    store: ResultStore,
+    failures: FailureLog,
+    summary: BenchSummary,
+    bars: MultiProgress,
+    plain: Plain,
+    /// Checkpoints whose unavailability was already said (once each, not once per cell).
+    announced: std::collections::HashSet<usize>,
+}
+
+impl<'g> BenchRun<'g> {
+    /// Opens the results directory (its store and failure log) for `grid`'s shard.
+    fn open(m: &'g Manifest, opts: &'g BenchOptions, grid: &'g Grid) -> Result<BenchRun<'g>> {
+        let run_id = m.run_id()?;
+        let store = ResultStore::open(&opts.out, m)?;
+        let (failures, previously_failed) = FailureLog::open(&opts.out, |id| store.is_done(id))?;
+        let summary = BenchSummary {
+            previously_failed: previously_failed.len(),
+            run_id: run_id.clone(),
+            grid_cells: grid.cells.len(),
+            shard_cells: shard_cells(grid, opts.shard).len(),
+            out: opts.out.clone(),
+            ..Default::default()
+        };
+        let bars = MultiProgress::with_draw_target(if opts.progress {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        Ok(BenchRun {
+            m,
+            opts,
+            grid,
+            run_id,
+            git_rev: git_rev().to_string(),
+            store,
+            failures,
+            summary,
+            bars,
+            plain: Plain::new(opts.progress),
+            announced: Default::default(),
+        })
+    }
+
+    /// The shard's cells not yet finished, in grid order.
+    fn todo(&self) -> Vec<&'g Cell> {
+        shard_cells(self.grid, self.opts.shard)
+            .iter()
+            .filter(|c| !self.store.is_done(&c.id))
+            .collect()
+    }
+
+    /// `--train-only`: trains (or reuses) the checkpoints `todo` needs; a failed one is
+    /// recorded in the summary under the checkpoint's id.
+    fn train_needed(
+        &mut self,
+        todo: &[&Cell],
+        ckpts: &mut Checkpoints,
+        exec: &mut dyn CellExecutor,
+    ) {
+        let mut needed: Vec<usize> = todo.iter().map(|c| c.checkpoint).collect();
+        needed.dedup();
+        for c in needed {
+            if let Err(e) = ckpts.weights(c, exec, &self.bars, self.opts.progress) {
+                let id = self.grid.checkpoints[c].id.clone();
+                self.summary.failed.push((id, e.to_string()));
+            }
+        }
+    }
+
+    /// Evaluates `todo` group by group (consecutive cells of one checkpoint, task and
+    /// compressor), up to `max_cells`.
+    fn evaluate_cells(
+        &mut self,
+        todo: &[&Cell],
+        ckpts: &mut Checkpoints,
+        exec: &mut dyn CellExecutor,
+    ) -> Result<()> {
+        let pb = self.bars.add(ProgressBar::new(todo.len() as u64));
+        pb.set_style(cell_style());
+        pb.set_prefix(self.m.name.clone());
+        pb.enable_steady_tick(Duration::from_millis(500));
+        let mut rest = todo;
+        while !rest.is_empty() {
+            let Some(allowance) = self.allowance() else {
+                self.summary.stopped_early = true;
+                break;
+            };
+            let group = next_group(rest, allowance);
+            rest = &rest[group.len()..];
+            let label = cell_label(self.m, self.grid, group[0]);
+            pb.set_message(if group.len() > 1 {
+                format!("{label} (+{} budgets)", group.len() - 1)
+            } else {
+                label
+            });
+            self.run_group(group, ckpts, exec, &pb)?;
+            self.plain.cells(
+                self.summary.ran + self.summary.failed.len(),
+                todo.len(),
+                &cell_label(self.m, self.grid, group[group.len() - 1]),
+            );
+        }
+        pb.finish_and_clear();
+        Ok(())
+    }
+
+    /// How many more cells `max_cells` allows (`None`: none, stop).
+    fn allowance(&self) -> Option<usize> {
+        let attempted = self.summary.ran + self.summary.failed.len();
+        match self.opts.max_cells {
+            Some(k) if attempted >= k => None,
+            Some(k) => Some(k - attempted),
+            None => Some(usize::MAX),
+        }
+    }
+
+    /// Evaluates one group of cells on their checkpoint (trained or reused now) and records
+    /// each cell's outcome.
+    fn run_group(
+        &mut self,
+        group: &[&Cell],
+        ckpts: &mut Checkpoints,
+        exec: &mut dyn CellExecutor,
+        pb: &ProgressBar,
+    ) -> Result<()> {
+        let first = group[0];
+        let weights = ckpts.weights(first.checkpoint, exec, &self.bars, self.opts.progress);
+        let outcomes = match &weights {
+            Err(e) => self.unavailable(first.checkpoint, group.len(), e),
+            Ok(w) => self.evaluate_group(group, w, exec),
+        };
+        for (cell, outcome) in group.iter().zip(outcomes) {
+            self.record(cell, outcome, weights.is_ok())?;
+            pb.inc(1);
+        }
+        Ok(())
+    }
+
+    /// Every cell's error when checkpoint `c` could not be had (said once per checkpoint).
+    fn unavailable(&mut self, c: usize, cells: usize, e: &Error) -> Vec<Result<CellOutput>> {
+        let ck = &self.grid.checkpoints[c];
+        if self.announced.insert(c) {
+            say(
+                &self.bars,
+                &self.plain,
+                &format!("{e}; its cells are marked failed"),
+            );
+        }
+        let msg = format!("checkpoint {}/{} unavailable: {e}", ck.model, ck.policy);
+        (0..cells)
+            .map(|_| Err(Error::invalid(msg.clone())))
+            .collect()
+    }
+
+    /// Evaluates a group of cells on the checkpoint at `weights`, inside a `cell` span.
+    fn evaluate_group(
+        &self,
+        group: &[&Cell],
+        weights: &Path,
+        exec: &mut dyn CellExecutor,
+    ) -> Vec<Result<CellOutput>> {
+        let _span = tracing::info_span!(
+            "cell",
+            id = %group[0].id,
+            label = %cell_label(self.m, self.grid, group[0]),
+            budgets = group.len()
+        )
+        .entered();
+        let ctxs: Vec<CellContext> = group
+            .iter()
+            .map(|cell| CellContext {
+                manifest: self.m,
+                run_id: &self.run_id,
+                cell,
+                checkpoint: &self.grid.checkpoints[cell.checkpoint],
+                weights,
+                git_rev: &self.git_rev,
+            })
+            .collect();
+        evaluate_contexts(exec, &ctxs)
+    }
+
+    /// Appends a finished cell durably, or reports and records a failed one (`say_failure`:
+    /// also print it; an unavailable checkpoint was already said).
+    fn record(
+        &mut self,
+        cell: &Cell,
+        outcome: Result<CellOutput>,
+        say_failure: bool,
+    ) -> Result<()> {
+        let label = cell_label(self.m, self.grid, cell);
+        match outcome {
+            Ok(out) => {
+                self.store.append_cell(&cell.id, &out.rows, &out.examples)?;
+                self.summary.ran += 1;
+                self.summary.rows += out.rows.len();
+            }
+            Err(e) => {
+                if say_failure {
+                    let msg = format!("cell {} ({label}) failed: {e}", cell.id);
+                    say(&self.bars, &self.plain, &msg);
+                }
+                self.failures.record(&cell.id, &label, &e.to_string())?;
+                self.summary
+                    .failed
+                    .push((cell.id.clone(), format!("{label}: {e}")));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The next group at the head of `todo`: its first cell and the cells after it of the same
+/// checkpoint, task and compressor (other budgets), at most `allowance` (at least one).
+fn next_group<'t, 'g>(todo: &'t [&'g Cell], allowance: usize) -> &'t [&'g Cell] {
+    let first = todo[0];
+    let n = todo
+        .iter()
+        .take(allowance.max(1))
+        .take_while(|c| {
+            c.checkpoint == first.checkpoint
+                && c.task == first.task
+                && c.compressor == first.compressor
+        })
+        .count();
+    &todo[..n]
 }
 
 /// Prints a line once, above the bars (terminal) or as a plain log line (otherwise).

@@ -20,7 +20,7 @@ use crate::results::{join_notes, ExampleScore};
 use crate::train::{train, StepLog, TrainRunOptions};
 use indicatif::ProgressBar;
 use kvcat_core::compressor::build_compressor;
-use kvcat_core::device::{default_dtype, device_name, dtype_name, parse_dtype, DeviceChoice};
+use kvcat_core::device::{device_name, dtype_name};
 use kvcat_core::loading::warn_once;
 use kvcat_core::task::build_task;
 use kvcat_core::{Error, Model, Result};
@@ -47,8 +47,7 @@ impl RealExecutor {
     /// An executor for `manifest`'s device and dtype (resolved now: asking for CUDA where
     /// there is none is an error).
     pub fn new(manifest: &Manifest) -> Result<RealExecutor> {
-        let device = manifest.device.parse::<DeviceChoice>()?.resolve()?;
-        let kind = parse_dtype(&manifest.dtype)?.unwrap_or(default_dtype(device));
+        let (device, kind) = super::runtime_spec::resolve(manifest.device, manifest.dtype)?;
         Ok(RealExecutor {
             manifest: manifest.clone(),
             device,
@@ -225,7 +224,7 @@ impl CellExecutor for RealExecutor {
         let result = train(&cfg, out_dir, &opts);
         stop.store(true, Ordering::Relaxed);
         let _ = follower.join();
-        let summary = result.map_err(|e| Error::invalid(format!("{e:#}")))?;
+        let summary = result?;
         if summary.interrupted {
             return Err(Error::invalid(format!(
                 "training {} stopped early",

@@ -79,6 +79,28 @@ pub fn rows_to_csv(rows: &[ResultRow]) -> Result<Vec<u8>> {
     to_csv(rows)
 }
 
+/// Appends rows to the CSV file at `path` (its directory created as needed), writing the
+/// header first when the file is new or empty and there are rows to write.
+pub fn append_rows_csv(path: &Path, rows: &[ResultRow]) -> Result<()> {
+    let fresh = std::fs::metadata(path)
+        .map(|m| m.len() == 0)
+        .unwrap_or(true);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    }
+    let mut text = match fresh && !rows.is_empty() {
+        true => format!("{}\n", csv_header()).into_bytes(),
+        false => vec![],
+    };
+    text.extend(rows_to_csv(rows)?);
+    let mut file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(path, e))?;
+    file.write_all(&text).map_err(|e| Error::io(path, e))
+}
+
 /// The finished state of a results directory, as recovered from disk.
 #[derive(Debug, Default)]
 pub struct Recovered {

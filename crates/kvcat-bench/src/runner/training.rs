@@ -90,8 +90,10 @@ pub fn build_config(
             t.insert("model".into(), toml::Value::Table(mt));
         }
     }
-    t.entry("device").or_insert_with(|| m.device.clone().into());
-    t.entry("dtype").or_insert_with(|| m.dtype.clone().into());
+    t.entry("device")
+        .or_insert_with(|| m.device.to_string().into());
+    t.entry("dtype")
+        .or_insert_with(|| m.dtype.to_string().into());
     t.entry("seed")
         .or_insert_with(|| toml::Value::Integer(m.seed as i64));
     let cfg = TrainConfig::from_table(&t).map_err(|e| Error::Config {

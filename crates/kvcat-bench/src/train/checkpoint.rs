@@ -14,9 +14,9 @@
 
 use super::config::TrainConfig;
 use super::optim::AdamW;
-use anyhow::{bail, Context};
+use kvcat_core::error::ResultExt;
 use kvcat_core::loading::write_atomic;
-use kvcat_core::{MaskingPolicy, Model};
+use kvcat_core::{Error, MaskingPolicy, Model, Result};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use tch::{nn, Tensor};
@@ -59,8 +59,8 @@ pub fn save(
     opt: &AdamW,
     cfg: &TrainConfig,
     state: &TrainerState,
-) -> anyhow::Result<()> {
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
     model
         .save_hf(dir)
         .with_context(|| format!("saving the model to {}", dir.display()))?;
@@ -70,33 +70,40 @@ pub fn save(
     pol.insert("params".into(), toml::Value::Table(policy.params()));
     write_atomic(
         &dir.join("policy.toml"),
-        toml::to_string_pretty(&pol)?.as_bytes(),
+        toml::to_string_pretty(&pol)
+            .map_err(|e| Error::invalid(format!("serialising policy.toml: {e}")))?
+            .as_bytes(),
     )?;
     let mut vars: Vec<(String, Tensor)> = policy_vs.variables().into_iter().collect();
     if !vars.is_empty() {
         vars.sort_by(|a, b| a.0.cmp(&b.0));
         let tmp = dir.join("policy.safetensors.tmp");
         Tensor::write_safetensors(&vars, &tmp)?;
-        std::fs::rename(&tmp, dir.join(POLICY_WEIGHTS))?;
+        let dest = dir.join(POLICY_WEIGHTS);
+        std::fs::rename(&tmp, &dest).map_err(|e| Error::io(dest, e))?;
     }
     opt.save(&dir.join(OPTIMIZER))?;
     write_atomic(
         &dir.join(STATE),
-        serde_json::to_string_pretty(state)?.as_bytes(),
+        serde_json::to_string_pretty(state)
+            .map_err(|e| Error::invalid(format!("serialising {STATE}: {e}")))?
+            .as_bytes(),
     )?;
     Ok(())
 }
 
 /// Reads `trainer_state.json` of `dir`, if there is one.
-pub fn read_state(dir: &Path) -> anyhow::Result<Option<TrainerState>> {
+pub fn read_state(dir: &Path) -> Result<Option<TrainerState>> {
     let p = dir.join(STATE);
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
-    Ok(Some(serde_json::from_str(&text).with_context(|| {
-        format!("{}: not a trainer state", p.display())
-    })?))
+    let text = std::fs::read_to_string(&p).map_err(|e| Error::io(&p, e))?;
+    let state = serde_json::from_str(&text).map_err(|e| Error::Format {
+        file: p.display().to_string(),
+        reason: format!("not a trainer state: {e}"),
+    })?;
+    Ok(Some(state))
 }
 
 /// Restores policy parameters and optimizer state from `dir` (the model is loaded by the caller
@@ -106,7 +113,7 @@ pub fn restore(
     policy_vs: &mut nn::VarStore,
     opt: &mut AdamW,
     state: &TrainerState,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     if !policy_vs.variables().is_empty() {
         let p = dir.join(POLICY_WEIGHTS);
         policy_vs
@@ -115,12 +122,13 @@ pub fn restore(
     }
     opt.load(&dir.join(OPTIMIZER))?;
     if opt.step as usize != state.step {
-        bail!(
-            "{}: optimizer state is at step {} but trainer_state.json says {} (torn checkpoint)",
-            dir.display(),
-            opt.step,
-            state.step
-        );
+        return Err(Error::Format {
+            file: dir.display().to_string(),
+            reason: format!(
+                "optimizer state is at step {} but trainer_state.json says {} (torn checkpoint)",
+                opt.step, state.step
+            ),
+        });
     }
     Ok(())
 }

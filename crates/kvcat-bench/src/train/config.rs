@@ -1,9 +1,9 @@
 //! `TrainConfig`: the plain-data description of one training run (TOML, `deny_unknown_fields`),
 //! its validation, and its content hash for checkpoint caching.
 
-use anyhow::{bail, ensure, Context};
+use kvcat_core::error::ResultExt;
 use kvcat_core::toml_paths::{check_shape, from_table, span_of, PathError};
-use kvcat_core::{Budget, LlamaConfig};
+use kvcat_core::{Budget, Error, LlamaConfig, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -289,18 +289,29 @@ impl SplitConfig {
     }
 }
 
+/// Returns an [`Error::Field`] for `field` (`format!` arguments give the reason) unless
+/// `cond` holds.
+macro_rules! check {
+    ($cond:expr, $field:expr, $($reason:tt)+) => {
+        match $cond {
+            true => {}
+            false => return Err(Error::field($field, format!($($reason)+))),
+        }
+    };
+}
+
 impl TrainConfig {
     /// Reads a TOML file; unknown fields are errors naming the field.
-    pub fn from_toml_file(path: &Path) -> anyhow::Result<Self> {
-        let text =
-            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    pub fn from_toml_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_toml_str(&text).with_context(|| format!("in {}", path.display()))
     }
 
     /// Parses TOML text and validates it. An array where a table belongs (`optim = [0.5]`)
     /// is refused, naming the key and its `line:column`, rather than read by position.
-    pub fn from_toml_str(text: &str) -> anyhow::Result<Self> {
-        let table: toml::Table = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+    pub fn from_toml_str(text: &str) -> Result<Self> {
+        let syntax = |e: toml::de::Error| Error::invalid(e.to_string());
+        let table: toml::Table = toml::from_str(text).map_err(syntax)?;
         if let Err(e) = check_shape(&table, &Self::shape()) {
             let at = span_of(text, &e.path)
                 .map(|s| {
@@ -310,16 +321,16 @@ impl TrainConfig {
                     format!("line {line}, column {col}: ")
                 })
                 .unwrap_or_default();
-            bail!("{at}{e}");
+            return Err(Error::invalid(format!("{at}{e}")));
         }
-        let cfg: TrainConfig = toml::from_str(text).map_err(|e| anyhow::anyhow!("{e}"))?;
+        let cfg: TrainConfig = toml::from_str(text).map_err(syntax)?;
         cfg.validate()?;
         Ok(cfg)
     }
 
     /// Reads a config from a TOML table (a manifest's training section, after merging), with
     /// errors at the key path inside it; not validated (call [`TrainConfig::validate`]).
-    pub fn from_table(table: &toml::Table) -> Result<Self, PathError> {
+    pub fn from_table(table: &toml::Table) -> std::result::Result<Self, PathError> {
         from_table(table, &Self::shape())
     }
 
@@ -339,154 +350,126 @@ impl TrainConfig {
     }
 
     /// The TOML form of the resolved configuration.
-    pub fn to_toml(&self) -> anyhow::Result<String> {
-        toml::to_string_pretty(self).context("serialising the train config")
+    pub fn to_toml(&self) -> Result<String> {
+        toml::to_string_pretty(self)
+            .map_err(|e| Error::invalid(format!("serialising the train config: {e}")))
     }
 
     /// Checks every field that can be checked without touching data or the model;
-    /// errors name the field.
-    pub fn validate(&self) -> anyhow::Result<()> {
+    /// errors name the field. Checked in this order: sizes, model, split, budgets, loss,
+    /// optimiser, data, then the device, dtype and policy names.
+    pub fn validate(&self) -> Result<()> {
+        self.check_sizes()?;
+        self.check_model()?;
+        let (lo, _) = self.check_split()?;
+        self.check_budgets(lo)?;
+        self.loss.check()?;
+        self.optim.check()?;
+        self.data.check()?;
+        self.check_names()
+    }
+
+    /// `steps`, `batch_size`, `seq_len` and `grad_accum`.
+    fn check_sizes(&self) -> Result<()> {
         let t = self.seq_len;
-        ensure!(self.steps >= 1, "field `steps`: must be at least 1");
-        ensure!(
+        check!(self.steps >= 1, "steps", "must be at least 1");
+        check!(
             self.batch_size >= 1,
-            "field `batch_size`: must be at least 1, got {}",
+            "batch_size",
+            "must be at least 1, got {}",
             self.batch_size
         );
-        ensure!(t >= 2, "field `seq_len`: must be at least 2, got {t}");
-        ensure!(
-            self.grad_accum >= 1,
-            "field `grad_accum`: must be at least 1"
-        );
+        check!(t >= 2, "seq_len", "must be at least 2, got {t}");
+        check!(self.grad_accum >= 1, "grad_accum", "must be at least 1");
+        Ok(())
+    }
+
+    /// `model`: a config for (and only for) a scratch model that fits `seq_len`; otherwise
+    /// a source that exists.
+    fn check_model(&self) -> Result<()> {
+        let t = self.seq_len;
         match (self.model.source.as_str(), &self.model.config) {
-            ("scratch", None) => bail!("field `model.config`: required when `model.source = \"scratch\"`"),
+            ("scratch", None) => Err(Error::field(
+                "model.config",
+                "required when `model.source = \"scratch\"`",
+            )),
             ("scratch", Some(c)) => {
                 c.validate("train config [model.config]")?;
-                ensure!(
+                check!(
                     c.vocab_size >= 260,
-                    "field `model.config.vocab_size`: a byte-level BPE needs at least 260 entries, got {}",
+                    "model.config.vocab_size",
+                    "a byte-level BPE needs at least 260 entries, got {}",
                     c.vocab_size
                 );
-                ensure!(
-                    c.max_position_embeddings >= t,
-                    "field `model.config.max_position_embeddings` = {} is below `seq_len` = {t}",
-                    c.max_position_embeddings
-                );
+                if c.max_position_embeddings < t {
+                    return Err(Error::invalid(format!(
+                        "field `model.config.max_position_embeddings` = {} is below `seq_len` = {t}",
+                        c.max_position_embeddings
+                    )));
+                }
+                Ok(())
             }
-            (_, Some(_)) => bail!(
-                "field `model.config`: only allowed with `model.source = \"scratch\"` (the checkpoint at `{}` has its own config)",
-                self.model.source
-            ),
-            (src, None) => ensure!(
-                Path::new(src).exists(),
-                "field `model.source`: `{src}` does not exist (expected \"scratch\", an HF directory or a .gguf file)"
-            ),
+            (_, Some(_)) => Err(Error::field(
+                "model.config",
+                format!(
+                    "only allowed with `model.source = \"scratch\"` (the checkpoint at `{}` has its own config)",
+                    self.model.source
+                ),
+            )),
+            (src, None) => {
+                check!(
+                    Path::new(src).exists(),
+                    "model.source",
+                    "`{src}` does not exist (expected \"scratch\", an HF directory or a .gguf file)"
+                );
+                Ok(())
+            }
         }
+    }
+
+    /// `split`: a prefix range `[lo, hi]` inside `seq_len`, with a non-empty continuation;
+    /// returns it.
+    fn check_split(&self) -> Result<(i64, i64)> {
+        let t = self.seq_len;
         let (lo, hi) = self.split.range(t);
-        ensure!(
-            lo >= 1,
-            "field `split.min_prefix`: must be at least 1, got {lo}"
-        );
-        ensure!(
+        check!(lo >= 1, "split.min_prefix", "must be at least 1, got {lo}");
+        check!(
             hi < t,
-            "field `split.max_prefix`: the prefix ({hi}) must be shorter than `seq_len` = {t} so the continuation is not empty"
+            "split.max_prefix",
+            "the prefix ({hi}) must be shorter than `seq_len` = {t} so the continuation is not empty"
         );
-        ensure!(
-            lo <= hi,
-            "field `split`: min_prefix {lo} exceeds max_prefix {hi}"
-        );
+        check!(lo <= hi, "split", "min_prefix {lo} exceeds max_prefix {hi}");
+        Ok((lo, hi))
+    }
+
+    /// `budget` (the training schedule) and `eval.budget`, against the shortest prefix `lo`.
+    fn check_budgets(&self, lo: i64) -> Result<()> {
         match &self.budget {
             BudgetSchedule::Fixed { values } => {
-                ensure!(
-                    !values.is_empty(),
-                    "field `budget.values`: must not be empty"
-                );
+                check!(!values.is_empty(), "budget.values", "must not be empty");
                 for (i, b) in values.iter().enumerate() {
                     check_budget(b, lo, &format!("budget.values[{i}]"))?;
                 }
             }
             BudgetSchedule::Uniform { min, max } | BudgetSchedule::LogUniform { min, max } => {
                 for (f, v) in [("budget.min", *min), ("budget.max", *max)] {
-                    ensure!(
+                    check!(
                         v.is_finite() && v > 0.0 && v <= 1.0,
-                        "field `{f}`: a kept fraction must lie in (0, 1], got {v}"
+                        f,
+                        "a kept fraction must lie in (0, 1], got {v}"
                     );
                 }
-                ensure!(min <= max, "field `budget`: min {min} exceeds max {max}");
+                check!(min <= max, "budget", "min {min} exceeds max {max}");
             }
         }
         if let Some(b) = &self.eval.budget {
             check_budget(b, lo, "eval.budget")?;
         }
-        let l = &self.loss;
-        for (f, v) in [
-            ("loss.w_mask", l.w_mask),
-            ("loss.w_kd", l.w_kd),
-            ("loss.w_full", l.w_full),
-        ] {
-            ensure!(
-                v.is_finite() && v >= 0.0,
-                "field `{f}`: must be a finite weight >= 0, got {v}"
-            );
-        }
-        ensure!(
-            l.w_mask + l.w_kd + l.w_full > 0.0,
-            "field `loss`: at least one of w_mask, w_kd, w_full must be positive"
-        );
-        ensure!(
-            l.kd_temperature > 0.0 && l.kd_temperature.is_finite(),
-            "field `loss.kd_temperature`: must be > 0"
-        );
-        let o = &self.optim;
-        ensure!(
-            o.lr > 0.0 && o.lr.is_finite(),
-            "field `optim.lr`: must be > 0, got {}",
-            o.lr
-        );
-        ensure!(
-            (0.0..=1.0).contains(&o.min_lr_ratio),
-            "field `optim.min_lr_ratio`: must lie in [0, 1]"
-        );
-        ensure!(
-            (0.0..1.0).contains(&o.beta1),
-            "field `optim.beta1`: must lie in [0, 1)"
-        );
-        ensure!(
-            (0.0..1.0).contains(&o.beta2),
-            "field `optim.beta2`: must lie in [0, 1)"
-        );
-        ensure!(o.eps > 0.0, "field `optim.eps`: must be > 0");
-        ensure!(
-            o.weight_decay >= 0.0,
-            "field `optim.weight_decay`: must be >= 0"
-        );
-        ensure!(
-            o.clip >= 0.0,
-            "field `optim.clip`: must be >= 0 (0 turns clipping off)"
-        );
-        let d = &self.data;
-        ensure!(
-            !d.corpora.is_empty(),
-            "field `data.corpora`: name at least one corpus or path"
-        );
-        ensure!(
-            (0.0..0.5).contains(&d.heldout_fraction),
-            "field `data.heldout_fraction`: must lie in [0, 0.5), got {}",
-            d.heldout_fraction
-        );
-        ensure!(
-            (0.0..=1.0).contains(&d.synthetic_fraction),
-            "field `data.synthetic_fraction`: must lie in [0, 1], got {}",
-            d.synthetic_fraction
-        );
-        if let Some(t) = &d.synthetic_task {
-            kvcat_core::task::build_task(&t.name, &t.params)
-                .context("field `data.synthetic_task`")?;
-        }
-        ensure!(
-            d.synthetic_pool != Some(0),
-            "field `data.synthetic_pool`: must be at least 1 (leave it out for fresh rows)"
-        );
+        Ok(())
+    }
+
+    /// `dtype`, `device` and `policy.name` name things that exist.
+    fn check_names(&self) -> Result<()> {
         kvcat_core::device::parse_dtype(&self.dtype).context("field `dtype`")?;
         self.device
             .parse::<kvcat_core::device::DeviceChoice>()
@@ -507,20 +490,120 @@ impl TrainConfig {
     }
 }
 
-fn check_budget(b: &Budget, min_prefix: i64, field: &str) -> anyhow::Result<()> {
+impl LossConfig {
+    /// The weights are finite and non-negative, one is positive; the KD temperature is > 0.
+    fn check(&self) -> Result<()> {
+        for (f, v) in [
+            ("loss.w_mask", self.w_mask),
+            ("loss.w_kd", self.w_kd),
+            ("loss.w_full", self.w_full),
+        ] {
+            check!(
+                v.is_finite() && v >= 0.0,
+                f,
+                "must be a finite weight >= 0, got {v}"
+            );
+        }
+        check!(
+            self.w_mask + self.w_kd + self.w_full > 0.0,
+            "loss",
+            "at least one of w_mask, w_kd, w_full must be positive"
+        );
+        check!(
+            self.kd_temperature > 0.0 && self.kd_temperature.is_finite(),
+            "loss.kd_temperature",
+            "must be > 0"
+        );
+        Ok(())
+    }
+}
+
+impl OptimConfig {
+    /// Learning rate, its floor, the AdamW betas and epsilon, weight decay and clipping.
+    fn check(&self) -> Result<()> {
+        check!(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "optim.lr",
+            "must be > 0, got {}",
+            self.lr
+        );
+        check!(
+            (0.0..=1.0).contains(&self.min_lr_ratio),
+            "optim.min_lr_ratio",
+            "must lie in [0, 1]"
+        );
+        check!(
+            (0.0..1.0).contains(&self.beta1),
+            "optim.beta1",
+            "must lie in [0, 1)"
+        );
+        check!(
+            (0.0..1.0).contains(&self.beta2),
+            "optim.beta2",
+            "must lie in [0, 1)"
+        );
+        check!(self.eps > 0.0, "optim.eps", "must be > 0");
+        check!(
+            self.weight_decay >= 0.0,
+            "optim.weight_decay",
+            "must be >= 0"
+        );
+        check!(
+            self.clip >= 0.0,
+            "optim.clip",
+            "must be >= 0 (0 turns clipping off)"
+        );
+        Ok(())
+    }
+}
+
+impl DataConfig {
+    /// At least one corpus, the held-out and synthetic fractions in range, the synthetic
+    /// task buildable, and a synthetic pool of at least one row.
+    fn check(&self) -> Result<()> {
+        check!(
+            !self.corpora.is_empty(),
+            "data.corpora",
+            "name at least one corpus or path"
+        );
+        check!(
+            (0.0..0.5).contains(&self.heldout_fraction),
+            "data.heldout_fraction",
+            "must lie in [0, 0.5), got {}",
+            self.heldout_fraction
+        );
+        check!(
+            (0.0..=1.0).contains(&self.synthetic_fraction),
+            "data.synthetic_fraction",
+            "must lie in [0, 1], got {}",
+            self.synthetic_fraction
+        );
+        if let Some(t) = &self.synthetic_task {
+            kvcat_core::task::build_task(&t.name, &t.params)
+                .context("field `data.synthetic_task`")?;
+        }
+        check!(
+            self.synthetic_pool != Some(0),
+            "data.synthetic_pool",
+            "must be at least 1 (leave it out for fresh rows)"
+        );
+        Ok(())
+    }
+}
+
+fn check_budget(b: &Budget, min_prefix: i64, field: &str) -> Result<()> {
     match *b {
-        Budget::Fraction(f) => ensure!(
+        Budget::Fraction(f) => check!(
             f.is_finite() && f > 0.0 && f <= 1.0,
-            "field `{field}`: a kept fraction must lie in (0, 1], got {f}"
+            field,
+            "a kept fraction must lie in (0, 1], got {f}"
         ),
         Budget::Slots(n) => {
-            ensure!(
-                n >= 1,
-                "field `{field}`: a slot budget must be at least 1, got {n}"
-            );
-            ensure!(
+            check!(n >= 1, field, "a slot budget must be at least 1, got {n}");
+            check!(
                 n <= min_prefix,
-                "field `{field}`: {n} slots exceeds the shortest prefix (`split.min_prefix` = {min_prefix})"
+                field,
+                "{n} slots exceeds the shortest prefix (`split.min_prefix` = {min_prefix})"
             );
         }
     }

@@ -14,9 +14,9 @@ use super::config::TrainConfig;
 use super::corpus;
 use super::schedule::{step_rng, Stream};
 use super::synthetic::{self, SyntheticSource};
-use anyhow::{bail, Context};
+use kvcat_core::error::ResultExt;
 use kvcat_core::task::TrainingRow;
-use kvcat_core::Tokenizer;
+use kvcat_core::{Error, Result, Tokenizer};
 use rand::Rng;
 use sha2::{Digest, Sha256};
 use std::path::Path;
@@ -61,16 +61,19 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn write_u32(path: &Path, ids: &[u32]) -> anyhow::Result<()> {
+fn write_u32(path: &Path, ids: &[u32]) -> Result<()> {
     let bytes: Vec<u8> = ids.iter().flat_map(|i| i.to_le_bytes()).collect();
     kvcat_core::loading::write_atomic(path, &bytes)?;
     Ok(())
 }
 
-fn read_u32(path: &Path) -> anyhow::Result<Vec<u32>> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+fn read_u32(path: &Path) -> Result<Vec<u32>> {
+    let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
     if bytes.len() % 4 != 0 {
-        bail!("{}: truncated token cache", path.display());
+        return Err(Error::Format {
+            file: path.display().to_string(),
+            reason: "truncated token cache".into(),
+        });
     }
     Ok(bytes
         .chunks_exact(4)
@@ -79,7 +82,7 @@ fn read_u32(path: &Path) -> anyhow::Result<Vec<u32>> {
 }
 
 /// All documents of the configured corpora, per corpus.
-pub fn load_documents(cfg: &TrainConfig) -> anyhow::Result<Vec<Vec<String>>> {
+pub fn load_documents(cfg: &TrainConfig) -> Result<Vec<Vec<String>>> {
     cfg.data
         .corpora
         .iter()
@@ -93,15 +96,18 @@ pub fn load_documents(cfg: &TrainConfig) -> anyhow::Result<Vec<Vec<String>>> {
 
 impl SyntheticRows {
     /// The row of `row_seed`, exactly `seq_len` ids.
-    fn row(&self, seq_len: usize, row_seed: u64) -> anyhow::Result<TrainingRow> {
+    fn row(&self, seq_len: usize, row_seed: u64) -> Result<TrainingRow> {
         let row = self
             .source
             .row(&self.tokenizer, seq_len, row_seed, self.pad)?;
         if row.ids.len() != seq_len || row.targets.as_ref().is_some_and(|t| t.len() != seq_len) {
-            bail!(
-                "field `data.synthetic_task`: a training row has {} tokens, not `seq_len` = {seq_len}",
-                row.ids.len()
-            );
+            return Err(Error::field(
+                "data.synthetic_task",
+                format!(
+                    "a training row has {} tokens, not `seq_len` = {seq_len}",
+                    row.ids.len()
+                ),
+            ));
         }
         Ok(row)
     }
@@ -115,87 +121,40 @@ impl TrainData {
         tok: &Tokenizer,
         eos: Option<i64>,
         cache_dir: &Path,
-    ) -> anyhow::Result<TrainData> {
-        let mut hasher = Sha256::new();
-        let tok_json = tok
-            .inner
-            .to_string(false)
-            .map_err(|e| anyhow::anyhow!("serialising the tokenizer: {e}"))?;
-        hasher.update(tok_json.as_bytes());
-        hasher.update(format!(
-            "eos={eos:?};heldout={};",
-            cfg.data.heldout_fraction
-        ));
+    ) -> Result<TrainData> {
         let sources: Vec<_> = cfg
             .data
             .corpora
             .iter()
             .enumerate()
             .map(|(i, s)| corpus::resolve(s, &cfg.data.assets, i))
-            .collect::<anyhow::Result<_>>()?;
-        for s in &sources {
-            hasher.update(corpus::fingerprint(s)?.as_bytes());
-        }
-        let key = &hex(&hasher.finalize())[..16];
+            .collect::<Result<_>>()?;
+        let key = cache_key(cfg, tok, eos, &sources)?;
         let train_path = cache_dir.join(format!("tokens-{key}.train.u32"));
         let held_path = cache_dir.join(format!("tokens-{key}.heldout.u32"));
         let (train, heldout) = if train_path.exists() && held_path.exists() {
             (read_u32(&train_path)?, read_u32(&held_path)?)
         } else {
-            std::fs::create_dir_all(cache_dir)
-                .with_context(|| format!("creating {}", cache_dir.display()))?;
-            let mut train = Vec::new();
-            let mut heldout = Vec::new();
-            for (i, src) in sources.iter().enumerate() {
-                let docs =
-                    corpus::documents(src).with_context(|| format!("field `data.corpora[{i}]`"))?;
-                let mut stream: Vec<u32> = Vec::new();
-                for d in &docs {
-                    stream.extend(tok.encode(d)?.into_iter().map(|x| x as u32));
-                    if let Some(e) = eos {
-                        stream.push(e as u32);
-                    }
-                }
-                if stream.is_empty() {
-                    bail!(
-                        "field `data.corpora[{i}]`: corpus `{}` tokenizes to nothing",
-                        src.name
-                    );
-                }
-                let cut = stream.len() - (stream.len() as f64 * cfg.data.heldout_fraction) as usize;
-                heldout.extend_from_slice(&stream[cut..]);
-                train.extend_from_slice(&stream[..cut]);
-            }
+            std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
+            let (train, heldout) = tokenize_corpora(cfg, tok, eos, &sources)?;
             write_u32(&train_path, &train)?;
             write_u32(&held_path, &heldout)?;
             (train, heldout)
         };
         let t = cfg.seq_len as usize;
         if train.len() < t {
-            bail!(
-                "field `data.corpora`: only {} training tokens, fewer than one sequence of `seq_len` = {t}",
-                train.len()
-            );
+            return Err(Error::field(
+                "data.corpora",
+                format!(
+                    "only {} training tokens, fewer than one sequence of `seq_len` = {t}",
+                    train.len()
+                ),
+            ));
         }
-        let synthetic = if cfg.data.synthetic_fraction > 0.0 {
-            let source = SyntheticSource::new(cfg.data.synthetic_task.as_ref())?;
-            let newline = tok.encode("\n")?.first().copied();
-            let rows = SyntheticRows {
-                source,
-                tokenizer: tok.clone(),
-                pad: eos.or(newline).unwrap_or(0),
-                pool: cfg.data.synthetic_pool,
-            };
-            // Fail at start-up, not at the first synthetic draw, on a format that cannot fit.
-            rows.row(t, synthetic::row_seed(cfg.seed, 0))?;
-            Some(rows)
-        } else {
-            None
-        };
         Ok(TrainData {
             train,
             heldout,
-            synthetic,
+            synthetic: synthetic_rows(cfg, tok, eos)?,
             seq_len: cfg.seq_len,
             batch_size: cfg.batch_size,
             synthetic_fraction: cfg.data.synthetic_fraction,
@@ -209,7 +168,7 @@ impl TrainData {
     }
 
     /// The micro-batch of `(step, micro)` on `device`.
-    pub fn batch(&self, step: usize, micro: usize, device: Device) -> anyhow::Result<Batch> {
+    pub fn batch(&self, step: usize, micro: usize, device: Device) -> Result<Batch> {
         let mut rng = step_rng(self.seed, step, micro, Stream::Data);
         let t = self.seq_len as usize;
         let n = self.windows();
@@ -255,14 +214,17 @@ impl TrainData {
 
     /// The first `n` held-out windows (fewer if the held-out stream is short), in batches of
     /// at most `batch_size`. Errors if there is not even one.
-    pub fn heldout_batches(&self, n: usize, device: Device) -> anyhow::Result<Vec<Tensor>> {
+    pub fn heldout_batches(&self, n: usize, device: Device) -> Result<Vec<Tensor>> {
         let t = self.seq_len as usize;
         let avail = (self.heldout.len() / t).min(n);
         if avail == 0 {
-            bail!(
-                "field `data.heldout_fraction`: the held-out split has {} tokens, fewer than one sequence of `seq_len` = {t}",
-                self.heldout.len()
-            );
+            return Err(Error::field(
+                "data.heldout_fraction",
+                format!(
+                    "the held-out split has {} tokens, fewer than one sequence of `seq_len` = {t}",
+                    self.heldout.len()
+                ),
+            ));
         }
         let ids: Vec<i64> = self.heldout[..avail * t]
             .iter()
@@ -275,4 +237,83 @@ impl TrainData {
             .map(|b| b.to_device(device))
             .collect())
     }
+}
+
+/// The token cache key (16 hex digits): a hash of the tokenizer, the document separator,
+/// the held-out fraction and every corpus file's fingerprint.
+fn cache_key(
+    cfg: &TrainConfig,
+    tok: &Tokenizer,
+    eos: Option<i64>,
+    sources: &[corpus::CorpusSource],
+) -> Result<String> {
+    let mut hasher = Sha256::new();
+    let tok_json = tok
+        .inner
+        .to_string(false)
+        .map_err(|e| Error::invalid(format!("serialising the tokenizer: {e}")))?;
+    hasher.update(tok_json.as_bytes());
+    hasher.update(format!(
+        "eos={eos:?};heldout={};",
+        cfg.data.heldout_fraction
+    ));
+    for s in sources {
+        hasher.update(corpus::fingerprint(s)?.as_bytes());
+    }
+    Ok(hex(&hasher.finalize())[..16].to_string())
+}
+
+/// Tokenizes every corpus (documents joined by `eos`) and splits each stream: its tail
+/// (`data.heldout_fraction` of its tokens) held out. Returns `(train, heldout)`.
+fn tokenize_corpora(
+    cfg: &TrainConfig,
+    tok: &Tokenizer,
+    eos: Option<i64>,
+    sources: &[corpus::CorpusSource],
+) -> Result<(Vec<u32>, Vec<u32>)> {
+    let mut train = Vec::new();
+    let mut heldout = Vec::new();
+    for (i, src) in sources.iter().enumerate() {
+        let docs = corpus::documents(src).with_context(|| format!("field `data.corpora[{i}]`"))?;
+        let mut stream: Vec<u32> = Vec::new();
+        for d in &docs {
+            stream.extend(tok.encode(d)?.into_iter().map(|x| x as u32));
+            if let Some(e) = eos {
+                stream.push(e as u32);
+            }
+        }
+        if stream.is_empty() {
+            return Err(Error::field(
+                format!("data.corpora[{i}]"),
+                format!("corpus `{}` tokenizes to nothing", src.name),
+            ));
+        }
+        let cut = stream.len() - (stream.len() as f64 * cfg.data.heldout_fraction) as usize;
+        heldout.extend_from_slice(&stream[cut..]);
+        train.extend_from_slice(&stream[..cut]);
+    }
+    Ok((train, heldout))
+}
+
+/// The synthetic row generator when `data.synthetic_fraction > 0`, checked at start-up (not
+/// at the first synthetic draw) by generating one row of `seq_len`.
+fn synthetic_rows(
+    cfg: &TrainConfig,
+    tok: &Tokenizer,
+    eos: Option<i64>,
+) -> Result<Option<SyntheticRows>> {
+    let on = cfg.data.synthetic_fraction > 0.0;
+    if !on {
+        return Ok(None);
+    }
+    let source = SyntheticSource::new(cfg.data.synthetic_task.as_ref())?;
+    let newline = tok.encode("\n")?.first().copied();
+    let rows = SyntheticRows {
+        source,
+        tokenizer: tok.clone(),
+        pad: eos.or(newline).unwrap_or(0),
+        pool: cfg.data.synthetic_pool,
+    };
+    rows.row(cfg.seq_len as usize, synthetic::row_seed(cfg.seed, 0))?;
+    Ok(Some(rows))
 }

@@ -235,61 +235,18 @@ pub fn batch_loss(
     loss: &LossConfig,
     rng: &mut StdRng,
 ) -> Result<LossTerms> {
-    let (b, t) = (tokens.size()[0], tokens.size()[1]);
+    let b = tokens.size()[0];
     let p = prefix_len;
-    let needs = policy.needs();
-    let caps = |logits: Logits| ForwardOptions {
-        capture_queries: needs.queries,
-        capture_attention: needs.attention,
-        capture_hidden: needs.hidden,
-        logits,
-        ..Default::default()
-    };
-    let want_kd = loss.w_kd > 0.0;
-    let frozen = match (loss.teacher, frozen) {
-        (TeacherChoice::Frozen, Some(f)) => Some(f),
-        (TeacherChoice::Frozen, None) if want_kd => {
-            return Err(Error::invalid(
-                "loss.teacher = \"frozen\" but no frozen teacher was given",
-            ))
-        }
-        _ => None,
-    };
-    let mut full_logits: Option<Tensor> = None;
-    let mut graph_cache: Option<KvCache> = None;
-    let (teacher, teacher_cache) = if loss.w_full > 0.0 && frozen.is_none() {
-        let mut cache = KvCache::new();
-        let out = model.forward_with(tokens, &mut cache, &caps(Logits::All))?;
-        full_logits = out.logits.as_ref().map(Tensor::shallow_clone);
-        let detached = detach_cache(&cache);
-        graph_cache = Some(cache);
-        (detach_output(&out), detached)
-    } else {
-        let _g = tch::no_grad_guard();
-        let mut cache = KvCache::new();
-        let logits = if want_kd && frozen.is_none() {
-            Logits::All
-        } else {
-            Logits::None
-        };
-        let out = model.forward_with(tokens, &mut cache, &caps(logits))?;
-        (out, cache)
-    };
-    if loss.w_full > 0.0 && full_logits.is_none() {
-        full_logits = Some(model.forward(tokens, &mut KvCache::new())?);
-    }
-    let teacher_logits = match frozen {
-        Some(f) if want_kd => Some(tch::no_grad(|| f.forward(tokens, &mut KvCache::new()))?),
-        _ => teacher.logits.as_ref().map(Tensor::shallow_clone),
-    };
+    let frozen = frozen_teacher(loss, frozen)?;
+    let pass = TeacherPass::run(model, frozen, tokens, loss, policy.needs())?;
     let plan = policy.plan(
         &PolicyInput {
             model,
             tokens,
             prefix_len: p,
             kept,
-            teacher: &teacher,
-            cache: &teacher_cache,
+            teacher: &pass.teacher,
+            cache: &pass.cache,
         },
         rng,
     )?;
@@ -306,28 +263,11 @@ pub fn batch_loss(
         prefix_len: p,
         kept: plan.kept,
     };
-    if loss.w_mask > 0.0 || want_kd {
-        let identity = plan.soft_bias.is_none() && plan.summary.is_none() && plan.kept >= p;
-        // the student's rows P−1..T−1, which predict the continuation
-        let student = match (&full_logits, &graph_cache, identity) {
-            (Some(f), _, true) => f.narrow(1, p - 1, t - p),
-            (Some(f), Some(cache), false) => {
-                masked_continuation_logits(model, tokens, &plan, f, cache)?
-            }
-            _ => masked_logits(model, tokens, &plan)?.narrow(1, p - 1, t - p),
-        };
-        let m = ntp_rows(&student, &labels.narrow(1, p, t - p));
-        terms.mask = Some(m.double_value(&[]));
-        if loss.w_mask > 0.0 {
-            total = total + m * loss.w_mask;
-        }
-        if let Some(tl) = &teacher_logits {
-            let kd = kl_rows(&tl.narrow(1, p - 1, t - p), &student, loss.kd_temperature);
-            terms.kd = Some(kd.double_value(&[]));
-            total = total + kd * loss.w_kd;
-        }
+    if loss.w_mask > 0.0 || loss.w_kd > 0.0 {
+        total =
+            pass.add_continuation_terms(model, tokens, labels, &plan, loss, total, &mut terms)?;
     }
-    if let Some(f) = &full_logits {
+    if let Some(f) = &pass.full_logits {
         let full = ntp(f, labels, 1);
         terms.full = Some(full.double_value(&[]));
         total = total + full * loss.w_full;
@@ -338,6 +278,126 @@ pub fn batch_loss(
     }
     terms.total = total;
     Ok(terms)
+}
+
+/// The frozen teacher to distil from: `frozen` when `loss.teacher = "frozen"` (an error if
+/// it is missing and KD is on), else `None` (the model's own unmasked pass teaches).
+fn frozen_teacher<'a>(loss: &LossConfig, frozen: Option<&'a Llama>) -> Result<Option<&'a Llama>> {
+    match (loss.teacher, frozen) {
+        (TeacherChoice::Frozen, Some(f)) => Ok(Some(f)),
+        (TeacherChoice::Frozen, None) if loss.w_kd > 0.0 => Err(Error::invalid(
+            "loss.teacher = \"frozen\" but no frozen teacher was given",
+        )),
+        _ => Ok(None),
+    }
+}
+
+/// The unmasked passes of one micro-batch: what the policy plans from, the full NTP
+/// logits, and the KD targets.
+struct TeacherPass {
+    /// The unmasked pass the policy sees (detached when it is also the graph pass).
+    teacher: ForwardOutput,
+    /// Its cache (detached likewise).
+    cache: KvCache,
+    /// `[b, T, vocab]` logits of the unmasked pass with grad, when `loss.w_full > 0`.
+    full_logits: Option<Tensor>,
+    /// The cache of the graph pass, when the teacher pass was it (reused for the masked
+    /// continuation).
+    graph_cache: Option<KvCache>,
+    /// `[b, T, vocab]` KD targets: the frozen model's logits, else the teacher pass's.
+    teacher_logits: Option<Tensor>,
+}
+
+impl TeacherPass {
+    /// With the full NTP term on and no frozen teacher, one pass with grad serves as both
+    /// the graph pass and (detached) the teacher; otherwise the teacher pass runs without
+    /// grad and the full NTP logits, if wanted, come from a pass of their own.
+    fn run(
+        model: &Llama,
+        frozen: Option<&Llama>,
+        tokens: &Tensor,
+        loss: &LossConfig,
+        needs: kvcat_core::policy::PolicyNeeds,
+    ) -> Result<TeacherPass> {
+        let caps = |logits: Logits| ForwardOptions {
+            capture_queries: needs.queries,
+            capture_attention: needs.attention,
+            capture_hidden: needs.hidden,
+            logits,
+            ..Default::default()
+        };
+        let want_kd = loss.w_kd > 0.0;
+        let mut full_logits: Option<Tensor> = None;
+        let mut graph_cache: Option<KvCache> = None;
+        let (teacher, cache) = if loss.w_full > 0.0 && frozen.is_none() {
+            let mut cache = KvCache::new();
+            let out = model.forward_with(tokens, &mut cache, &caps(Logits::All))?;
+            full_logits = out.logits.as_ref().map(Tensor::shallow_clone);
+            let detached = detach_cache(&cache);
+            graph_cache = Some(cache);
+            (detach_output(&out), detached)
+        } else {
+            let _g = tch::no_grad_guard();
+            let mut cache = KvCache::new();
+            let logits = if want_kd && frozen.is_none() {
+                Logits::All
+            } else {
+                Logits::None
+            };
+            let out = model.forward_with(tokens, &mut cache, &caps(logits))?;
+            (out, cache)
+        };
+        if loss.w_full > 0.0 && full_logits.is_none() {
+            full_logits = Some(model.forward(tokens, &mut KvCache::new())?);
+        }
+        let teacher_logits = match frozen {
+            Some(f) if want_kd => Some(tch::no_grad(|| f.forward(tokens, &mut KvCache::new()))?),
+            _ => teacher.logits.as_ref().map(Tensor::shallow_clone),
+        };
+        Ok(TeacherPass {
+            teacher,
+            cache,
+            full_logits,
+            graph_cache,
+            teacher_logits,
+        })
+    }
+
+    /// `total` plus the masked NTP term (`w_mask`) and the KD term (`w_kd`) of the
+    /// continuation `P..T` under `plan`, both recorded in `terms`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_continuation_terms(
+        &self,
+        model: &Llama,
+        tokens: &Tensor,
+        labels: &Tensor,
+        plan: &MaskPlan,
+        loss: &LossConfig,
+        mut total: Tensor,
+        terms: &mut LossTerms,
+    ) -> Result<Tensor> {
+        let (p, t) = (terms.prefix_len, tokens.size()[1]);
+        let identity = plan.soft_bias.is_none() && plan.summary.is_none() && plan.kept >= p;
+        // the student's rows P−1..T−1, which predict the continuation
+        let student = match (&self.full_logits, &self.graph_cache, identity) {
+            (Some(f), _, true) => f.narrow(1, p - 1, t - p),
+            (Some(f), Some(cache), false) => {
+                masked_continuation_logits(model, tokens, plan, f, cache)?
+            }
+            _ => masked_logits(model, tokens, plan)?.narrow(1, p - 1, t - p),
+        };
+        let m = ntp_rows(&student, &labels.narrow(1, p, t - p));
+        terms.mask = Some(m.double_value(&[]));
+        if loss.w_mask > 0.0 {
+            total = total + m * loss.w_mask;
+        }
+        if let Some(tl) = &self.teacher_logits {
+            let kd = kl_rows(&tl.narrow(1, p - 1, t - p), &student, loss.kd_temperature);
+            terms.kd = Some(kd.double_value(&[]));
+            total = total + kd * loss.w_kd;
+        }
+        Ok(total)
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,8 @@
 //! norm gains or biases).
 
 use super::config::OptimConfig;
-use anyhow::{bail, Context};
+use kvcat_core::error::ResultExt;
+use kvcat_core::{Error, Result};
 use std::collections::HashMap;
 use std::path::Path;
 use tch::{Kind, Tensor};
@@ -125,7 +126,7 @@ impl AdamW {
     }
 
     /// Saves moments, master weights and the step count as safetensors.
-    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+    pub fn save(&self, path: &Path) -> Result<()> {
         let mut named: Vec<(String, Tensor)> =
             vec![("step".into(), Tensor::from_slice(&[self.step]))];
         for s in &self.slots {
@@ -138,21 +139,22 @@ impl AdamW {
         let tmp = path.with_extension("safetensors.tmp");
         Tensor::write_safetensors(&named, &tmp)
             .with_context(|| format!("writing {}", tmp.display()))?;
-        std::fs::rename(&tmp, path).with_context(|| format!("renaming to {}", path.display()))?;
+        std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
         Ok(())
     }
 
     /// Restores the state written by [`AdamW::save`]; every variable must be present.
-    pub fn load(&mut self, path: &Path) -> anyhow::Result<()> {
+    pub fn load(&mut self, path: &Path) -> Result<()> {
         let file = path.display().to_string();
         let tensors: HashMap<String, Tensor> = Tensor::read_safetensors(path)
             .with_context(|| format!("reading optimizer state {file}"))?
             .into_iter()
             .collect();
         let get = |name: &str| {
-            tensors
-                .get(name)
-                .with_context(|| format!("{file}: missing tensor `{name}`"))
+            tensors.get(name).ok_or_else(|| Error::MissingTensors {
+                file: file.clone(),
+                names: vec![name.to_string()],
+            })
         };
         let step = get("step")?.int64_value(&[0]);
         let _g = tch::no_grad_guard();
@@ -160,12 +162,12 @@ impl AdamW {
             for (key, dst) in [("m", &mut s.m), ("v", &mut s.v)] {
                 let t = get(&format!("{key}.{}", s.name))?;
                 if t.size() != dst.size() {
-                    bail!(
-                        "{file}: tensor `{key}.{}` has shape {:?}, expected {:?}",
-                        s.name,
-                        t.size(),
-                        dst.size()
-                    );
+                    return Err(Error::Shape {
+                        file,
+                        tensor: format!("{key}.{}", s.name),
+                        expected: dst.size(),
+                        got: t.size(),
+                    });
                 }
                 dst.copy_(t);
             }

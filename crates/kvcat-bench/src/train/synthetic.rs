@@ -10,14 +10,14 @@
 //! trains on exactly the format it is later evaluated on.
 
 use super::config::SyntheticTask;
-use anyhow::Context;
+use kvcat_core::error::ResultExt;
 use kvcat_core::task::TrainingRow;
-use kvcat_core::Tokenizer;
+use kvcat_core::{Result, Tokenizer};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 /// One synthetic sequence of exactly `seq_len` token ids, deterministic in `seed`.
-pub fn kv_recall(tok: &Tokenizer, seq_len: usize, seed: u64) -> anyhow::Result<Vec<i64>> {
+pub fn kv_recall(tok: &Tokenizer, seq_len: usize, seed: u64) -> Result<Vec<i64>> {
     let mut rng = StdRng::seed_from_u64(seed ^ 0x5157_4e54_4845_5449);
     let mut records: Vec<(String, u32)> = Vec::new();
     let mut text = String::from("Records:\n");
@@ -61,7 +61,7 @@ pub enum SyntheticSource {
 
 impl SyntheticSource {
     /// The task named in `data.synthetic_task`, or the built-in generator when absent.
-    pub fn new(task: Option<&SyntheticTask>) -> anyhow::Result<SyntheticSource> {
+    pub fn new(task: Option<&SyntheticTask>) -> Result<SyntheticSource> {
         match task {
             Some(t) => Ok(SyntheticSource::Task(
                 kvcat_core::task::build_task(&t.name, &t.params)
@@ -79,7 +79,7 @@ impl SyntheticSource {
         seq_len: usize,
         row_seed: u64,
         pad: i64,
-    ) -> anyhow::Result<TrainingRow> {
+    ) -> Result<TrainingRow> {
         match self {
             SyntheticSource::Task(task) => task
                 .training_row(tok, seq_len, row_seed, pad)
@@ -98,7 +98,7 @@ pub fn from_task(
     seq_len: usize,
     count: usize,
     seed: u64,
-) -> anyhow::Result<Vec<Vec<i64>>> {
+) -> Result<Vec<Vec<i64>>> {
     let source = SyntheticSource::new(Some(task))?;
     let pad = tok
         .token_id("\n")

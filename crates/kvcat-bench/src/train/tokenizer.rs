@@ -2,8 +2,7 @@
 //! pre-tokenizer with `add_prefix_space(false)` (so decoding adds no leading space), the full
 //! 256-byte initial alphabet, and one special token `<|endoftext|>` (id 0) separating documents.
 
-use anyhow::anyhow;
-use kvcat_core::Tokenizer;
+use kvcat_core::{Error, Result, Tokenizer};
 use tokenizers::models::bpe::{BpeTrainerBuilder, BPE};
 use tokenizers::normalizers::NormalizerWrapper;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -19,7 +18,7 @@ pub fn train_bpe(
     vocab_size: usize,
     min_frequency: u64,
     max_chars: usize,
-) -> anyhow::Result<Tokenizer> {
+) -> Result<Tokenizer> {
     let mut budget = max_chars;
     let mut sample: Vec<&str> = Vec::new();
     for d in docs {
@@ -47,6 +46,6 @@ pub fn train_bpe(
         .with_post_processor(Some(ByteLevel::default().trim_offsets(false)))
         .with_decoder(Some(ByteLevel::default()));
     tok.train(&mut trainer, sample.into_iter())
-        .map_err(|e| anyhow!("training the BPE tokenizer: {e}"))?;
+        .map_err(|e| Error::invalid(format!("training the BPE tokenizer: {e}")))?;
     Ok(Tokenizer::new(tokenizers::Tokenizer::from(tok)))
 }

@@ -8,12 +8,12 @@ use super::loss::{batch_loss, masked_logits, ntp, LossTerms};
 use super::optim::AdamW;
 use super::schedule::{learning_rate, sample_budget, sample_prefix, step_rng, Stream};
 use super::tokenizer::{train_bpe, EOS};
-use anyhow::{bail, Context};
 use indicatif::ProgressBar;
 use kvcat_core::device::{default_dtype, parse_dtype, DeviceChoice};
+use kvcat_core::error::ResultExt;
 use kvcat_core::model::ForwardOptions;
 use kvcat_core::policy::build_policy;
-use kvcat_core::{KvCache, MaskingPolicy, Model, PolicyInput, Tokenizer};
+use kvcat_core::{Error, KvCache, MaskingPolicy, Model, PolicyInput, Result, Tokenizer};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::Write;
@@ -81,11 +81,7 @@ fn eos_id(model: &Model, tok: &Tokenizer) -> Option<i64> {
 }
 
 /// Trains (or reads the cached) byte-level BPE for a from-scratch model.
-fn scratch_tokenizer(
-    cfg: &TrainConfig,
-    vocab: usize,
-    cache_dir: &Path,
-) -> anyhow::Result<Tokenizer> {
+fn scratch_tokenizer(cfg: &TrainConfig, vocab: usize, cache_dir: &Path) -> Result<Tokenizer> {
     let t = &cfg.model.tokenizer;
     let mut h = Sha256::new();
     h.update(format!("bpe;{vocab};{};{};", t.min_frequency, t.max_chars));
@@ -95,12 +91,11 @@ fn scratch_tokenizer(
     }
     let path = cache_dir.join(format!("tokenizer-{}.json", hex16(&h.finalize())));
     if path.exists() {
-        return Ok(Tokenizer::from_file(&path)?);
+        return Tokenizer::from_file(&path);
     }
     let docs: Vec<String> = load_documents(cfg)?.into_iter().flatten().collect();
     let tok = train_bpe(&docs, vocab, t.min_frequency, t.max_chars)?;
-    std::fs::create_dir_all(cache_dir)
-        .with_context(|| format!("creating {}", cache_dir.display()))?;
+    std::fs::create_dir_all(cache_dir).map_err(|e| Error::io(cache_dir, e))?;
     tok.save(&path)?;
     Ok(tok)
 }
@@ -112,20 +107,20 @@ fn starting_model(
     device: Device,
     kind: Kind,
     cache_dir: &Path,
-) -> anyhow::Result<Model> {
+) -> Result<Model> {
     if cfg.model.source == "scratch" {
         let mut lc = cfg
             .model
             .config
             .clone()
-            .context("field `model.config`: required for scratch")?;
+            .ok_or_else(|| Error::field("model.config", "required for scratch"))?;
         let tok = scratch_tokenizer(cfg, lc.vocab_size as usize, cache_dir)?;
         if tok.vocab_size() as i64 > lc.vocab_size {
-            bail!(
+            return Err(Error::invalid(format!(
                 "field `model.config.vocab_size` = {} is smaller than the trained tokenizer ({})",
                 lc.vocab_size,
                 tok.vocab_size()
-            );
+            )));
         }
         if lc.eos_token_ids.is_empty() {
             lc.eos_token_ids = tok.token_id(EOS).into_iter().collect();
@@ -139,10 +134,13 @@ fn starting_model(
         let m = Model::load(p, device, kind)
             .with_context(|| format!("field `model.source`: loading {}", p.display()))?;
         if m.tokenizer.is_none() {
-            bail!(
-                "field `model.source`: {} has no tokenizer (tokenizer.json or GGUF metadata)",
-                p.display()
-            );
+            return Err(Error::field(
+                "model.source",
+                format!(
+                    "{} has no tokenizer (tokenizer.json or GGUF metadata)",
+                    p.display()
+                ),
+            ));
         }
         Ok(m)
     }
@@ -156,7 +154,7 @@ pub fn evaluate(
     batches: &[Tensor],
     cfg: &TrainConfig,
     step: usize,
-) -> anyhow::Result<EvalRecord> {
+) -> Result<EvalRecord> {
     let _g = tch::no_grad_guard();
     let (lo, hi) = cfg.split.range(cfg.seq_len);
     let p = (lo + hi) / 2;
@@ -178,7 +176,7 @@ pub fn evaluate(
         let logits = out
             .logits
             .as_ref()
-            .context("eval forward computed no logits")?;
+            .ok_or_else(|| Error::invalid("eval forward computed no logits"))?;
         full += ntp(logits, tokens, 1).double_value(&[]) * b as f64;
         if let Some(budget) = &cfg.eval.budget {
             let mut rng = step_rng(cfg.seed ^ 0xE7A1, i, 0, Stream::Policy);
@@ -212,7 +210,7 @@ fn check_finite(
     v: Option<f64>,
     dir: &Path,
     last_saved: Option<usize>,
-) -> anyhow::Result<()> {
+) -> Result<()> {
     if let Some(x) = v {
         if !x.is_finite() {
             let ck = match last_saved {
@@ -222,7 +220,9 @@ fn check_finite(
                 ),
                 None => "no checkpoint was written".to_string(),
             };
-            bail!("step {step}: {name} is not finite ({x}); stopping — {ck}");
+            return Err(Error::invalid(format!(
+                "step {step}: {name} is not finite ({x}); stopping — {ck}"
+            )));
         }
     }
     Ok(())
@@ -230,14 +230,10 @@ fn check_finite(
 
 /// Trains per `cfg`, writing checkpoints into `out_dir` (an HF-style directory plus training
 /// state, see [`checkpoint`]).
-pub fn train(
-    cfg: &TrainConfig,
-    out_dir: &Path,
-    opts: &TrainRunOptions,
-) -> anyhow::Result<TrainSummary> {
+pub fn train(cfg: &TrainConfig, out_dir: &Path, opts: &TrainRunOptions) -> Result<TrainSummary> {
     cfg.validate()?;
     let hash = cfg.content_hash();
-    std::fs::create_dir_all(out_dir).with_context(|| format!("creating {}", out_dir.display()))?;
+    std::fs::create_dir_all(out_dir).map_err(|e| Error::io(out_dir, e))?;
     let resume_state = resumable_state(out_dir, opts.resume, &hash)?;
     let mut run = Session::open(cfg, out_dir, resume_state.is_some())?;
     let mut state = match resume_state {
@@ -269,7 +265,7 @@ pub fn train(
         state.seconds += dt;
         step_seconds += dt;
         log.tokens_per_second = tokens_per_step as f64 / dt.max(1e-9);
-        writeln!(metrics, "{}", serde_json::to_string(&log)?)?;
+        append_metrics(&mut metrics, out_dir, &log)?;
         bar.set_message(step_message(&log));
         bar.inc(1);
         last = Some(log);
@@ -301,35 +297,31 @@ pub fn train(
 
 /// The checkpoint state in `out_dir` to resume from: `None` for a fresh start; an error when
 /// there is one but `resume` is off, or it was trained with another configuration.
-fn resumable_state(
-    out_dir: &Path,
-    resume: bool,
-    hash: &str,
-) -> anyhow::Result<Option<TrainerState>> {
+fn resumable_state(out_dir: &Path, resume: bool, hash: &str) -> Result<Option<TrainerState>> {
     match (checkpoint::read_state(out_dir)?, resume) {
         (Some(s), true) => {
             if s.config_hash != hash {
-                bail!(
+                return Err(Error::invalid(format!(
                     "{}: the checkpoint was trained with a different configuration (hash {} vs {}); resume needs the same config",
                     out_dir.display(),
                     s.config_hash,
                     hash
-                );
+                )));
             }
             Ok(Some(s))
         }
-        (Some(s), false) => bail!(
+        (Some(s), false) => Err(Error::invalid(format!(
             "{} already holds a checkpoint at step {}; pass --resume to continue it or choose another --out",
             out_dir.display(),
             s.step
-        ),
+        ))),
         (None, _) => Ok(None),
     }
 }
 
 /// `metrics.jsonl`, rewritten with only the lines of steps up to `step` (a resumed run drops
 /// what the interrupted one logged after its last checkpoint).
-fn open_metrics(out_dir: &Path, step: usize) -> anyhow::Result<std::fs::File> {
+fn open_metrics(out_dir: &Path, step: usize) -> Result<std::fs::File> {
     let path = out_dir.join("metrics.jsonl");
     let kept: Vec<String> = std::fs::read_to_string(&path)
         .unwrap_or_default()
@@ -341,12 +333,18 @@ fn open_metrics(out_dir: &Path, step: usize) -> anyhow::Result<std::fs::File> {
         })
         .map(String::from)
         .collect();
-    let mut file =
-        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?;
+    let mut file = std::fs::File::create(&path).map_err(|e| Error::io(&path, e))?;
     for l in &kept {
-        writeln!(file, "{l}")?;
+        writeln!(file, "{l}").map_err(|e| Error::io(&path, e))?;
     }
     Ok(file)
+}
+
+/// Appends one step's log line to `metrics.jsonl` (opened by [`open_metrics`]).
+fn append_metrics(file: &mut std::fs::File, out_dir: &Path, log: &StepLog) -> Result<()> {
+    let line = serde_json::to_string(log)
+        .map_err(|e| Error::invalid(format!("serialising a step log: {e}")))?;
+    writeln!(file, "{line}").map_err(|e| Error::io(out_dir.join("metrics.jsonl"), e))
 }
 
 fn progress_bar(cfg: &TrainConfig, opts: &TrainRunOptions, step: usize) -> ProgressBar {
@@ -391,7 +389,7 @@ struct Session {
 impl Session {
     /// Builds the model (from `out_dir` when resuming), data, policy and optimiser, seeding in
     /// a fixed order so that a resumed run continues bit for bit.
-    fn open(cfg: &TrainConfig, out_dir: &Path, resuming: bool) -> anyhow::Result<Session> {
+    fn open(cfg: &TrainConfig, out_dir: &Path, resuming: bool) -> Result<Session> {
         let device = cfg
             .device
             .parse::<DeviceChoice>()?
@@ -414,7 +412,7 @@ impl Session {
         let tok = model
             .tokenizer
             .clone()
-            .context("the model has no tokenizer")?;
+            .ok_or_else(|| Error::invalid("the model has no tokenizer"))?;
         let data = TrainData::prepare(cfg, &tok, eos_id(&model, &tok), &cache_dir)?;
         let heldout = if cfg.eval.sequences > 0 {
             data.heldout_batches(cfg.eval.sequences, device)?
@@ -454,7 +452,7 @@ impl Session {
         })
     }
 
-    fn evaluate(&mut self, cfg: &TrainConfig, step: usize) -> anyhow::Result<EvalRecord> {
+    fn evaluate(&mut self, cfg: &TrainConfig, step: usize) -> Result<EvalRecord> {
         evaluate(&self.model, self.policy.as_mut(), &self.heldout, cfg, step)
     }
 
@@ -466,7 +464,8 @@ impl Session {
         step: usize,
         out_dir: &Path,
         last_saved: Option<usize>,
-    ) -> anyhow::Result<StepLog> {
+    ) -> Result<StepLog> {
+        let _span = tracing::info_span!("train_step", step = step + 1).entered();
         let lr = learning_rate(&cfg.optim, step, cfg.steps);
         self.opt.zero_grad();
         let mut log = StepLog {
@@ -498,12 +497,7 @@ impl Session {
 
     /// The loss of micro-batch `micro` of `step`, with its split and budget drawn from the
     /// `(seed, step, micro)` streams.
-    fn micro_batch(
-        &mut self,
-        cfg: &TrainConfig,
-        step: usize,
-        micro: usize,
-    ) -> anyhow::Result<LossTerms> {
+    fn micro_batch(&mut self, cfg: &TrainConfig, step: usize, micro: usize) -> Result<LossTerms> {
         let (lo, hi) = cfg.split.range(cfg.seq_len);
         let batch = self.data.batch(step, micro, self.device)?;
         let mut srng = step_rng(cfg.seed, step, micro, Stream::Split);
@@ -533,7 +527,7 @@ impl Session {
         out_dir: &Path,
         bar: &ProgressBar,
         finishing: bool,
-    ) -> anyhow::Result<bool> {
+    ) -> Result<bool> {
         let done = state.step == cfg.steps;
         let has_heldout = !self.heldout.is_empty();
         if cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !done && has_heldout {

@@ -88,74 +88,27 @@ pub fn compact_head(
             "compact_head: expected q [n, d], k and v [s, d]; got {qs:?}, {ks:?}, {vs:?}"
         )));
     }
-    let cpu = tch::Device::Cpu;
-    let q = q.to_device(cpu).to_kind(Kind::Double);
-    let k = k.to_device(cpu).to_kind(Kind::Double);
-    let v = v.to_device(cpu).to_kind(Kind::Double);
-    let s = ks[0];
-    let scale = 1.0 / (ks[1] as f64).sqrt();
-    let mut logits = q.matmul(&k.tr()) * scale; // [n, s]
-    let visible = match offset {
-        Some(o) => {
-            let o = o.to_device(cpu).to_kind(Kind::Double);
-            logits += o.unsqueeze(0);
-            o.isfinite()
-        }
-        None => Tensor::ones([s], (Kind::Bool, cpu)),
-    };
-    let n_visible = visible.sum(Kind::Int64).int64_value(&[]);
+    let r = Reference::new(q, k, v, offset);
+    let n_visible = r.visible.sum(Kind::Int64).int64_value(&[]);
     let t = t.clamp(1, n_visible.max(1));
-    let shift = logits.amax(&[1i64][..], true); // [n, 1]
-    let e = (&logits - &shift).exp(); // [n, s], hidden slots exactly 0
-    let mass = e.sum_dim_intlist(&[1i64][..], true, Kind::Double); // [n, 1]
-    let probs = &e / &mass;
-    let out = probs.matmul(&v); // [n, d]
-    let a_norm = &e / &mass; // row-normalised mass system; target all ones
-
-    let rms = probs
-        .pow_tensor_scalar(2)
-        .mean_dim(&[0i64][..], false, Kind::Double)
-        .sqrt()
-        .masked_fill(&visible.logical_not(), -1.0);
-    let index = match opts.selection {
-        KeySelection::RmsAttention => rms.topk(t, 0, true, true).1,
-        KeySelection::Omp { batch } => omp_select(&a_norm, &visible, &rms, t, batch.max(1), opts)?,
-    };
-    let index = index.sort(0, false).0;
-
-    let a_sel = a_norm.index_select(1, &index); // [n, t]
-    let ones = Tensor::ones([qs[0]], (Kind::Double, cpu));
-    let w = if opts.fit_bias {
-        nnls::nnls(&a_sel, &ones, opts.nnls, opts.nnls_max_iter)?
-    } else {
-        Tensor::ones([t], (Kind::Double, cpu))
-    };
-    let w = w.clamp_min(opts.weight_floor);
+    let index = r.select(t, opts)?;
+    let a_sel = r.a_norm.index_select(1, &index); // [n, t]
+    let (w, rel_mass_error) = fit_mass(&a_sel, t, opts)?;
     let bias = w.log();
-    let rel_mass_error = (a_sel.mv(&w) - &ones)
-        .pow_tensor_scalar(2)
-        .mean(Kind::Double)
-        .sqrt()
-        .double_value(&[]);
-
-    let k_sel = k.index_select(0, &index);
-    let v_sel = v.index_select(0, &index);
+    let k_sel = r.k.index_select(0, &index);
+    let v_sel = r.v.index_select(0, &index);
     // compacted attention probabilities with β: x_qi ∝ a_qi w_i
     let xw = &a_sel * w.unsqueeze(0);
     let x = &xw
         / xw.sum_dim_intlist(&[1i64][..], true, Kind::Double)
             .clamp_min(1e-300);
     let v_fit = if opts.fit_values {
-        let xtx = x.tr().matmul(&x);
-        let lambda = opts.ridge * xtx.trace().double_value(&[]) / t as f64;
-        let lhs = &xtx + Tensor::eye(t, (Kind::Double, cpu)) * lambda.max(1e-300);
-        let rhs = x.tr().matmul(&out) + &v_sel * lambda.max(1e-300);
-        Tensor::f_linalg_solve(&lhs, &rhs, true)?
+        fit_values(&x, &r.out, &v_sel, t, opts)?
     } else {
         v_sel
     };
-    let err = (x.matmul(&v_fit) - &out).norm().double_value(&[]);
-    let rel_output_error = err / out.norm().double_value(&[]).max(1e-300);
+    let err = (x.matmul(&v_fit) - &r.out).norm().double_value(&[]);
+    let rel_output_error = err / r.out.norm().double_value(&[]).max(1e-300);
     Ok(HeadFit {
         index,
         k: k_sel,
@@ -164,6 +117,110 @@ pub fn compact_head(
         rel_output_error,
         rel_mass_error,
     })
+}
+
+/// The head's exact attention on the reference queries, in f64 on the CPU.
+struct Reference {
+    /// Keys and values `[s, d]`.
+    k: Tensor,
+    v: Tensor,
+    /// `[s]` bool: slots the offset does not hide.
+    visible: Tensor,
+    /// Attention probabilities `[n, s]`.
+    probs: Tensor,
+    /// Attention outputs `[n, d]`.
+    out: Tensor,
+    /// The row-normalised mass system `[n, s]` (target: all ones).
+    a_norm: Tensor,
+}
+
+impl Reference {
+    /// `q` `[n, d]` over `k`, `v` `[s, d]` with the additive `offset` `[s]` (hidden slots
+    /// at `-inf` get exactly zero mass).
+    fn new(q: &Tensor, k: &Tensor, v: &Tensor, offset: Option<&Tensor>) -> Reference {
+        let cpu = tch::Device::Cpu;
+        let q = q.to_device(cpu).to_kind(Kind::Double);
+        let k = k.to_device(cpu).to_kind(Kind::Double);
+        let v = v.to_device(cpu).to_kind(Kind::Double);
+        let ks = k.size();
+        let scale = 1.0 / (ks[1] as f64).sqrt();
+        let mut logits = q.matmul(&k.tr()) * scale; // [n, s]
+        let visible = match offset {
+            Some(o) => {
+                let o = o.to_device(cpu).to_kind(Kind::Double);
+                logits += o.unsqueeze(0);
+                o.isfinite()
+            }
+            None => Tensor::ones([ks[0]], (Kind::Bool, cpu)),
+        };
+        let shift = logits.amax(&[1i64][..], true); // [n, 1]
+        let e = (&logits - &shift).exp(); // [n, s], hidden slots exactly 0
+        let mass = e.sum_dim_intlist(&[1i64][..], true, Kind::Double); // [n, 1]
+        let probs = &e / &mass;
+        let out = probs.matmul(&v); // [n, d]
+        let a_norm = &e / &mass;
+        Reference {
+            k,
+            v,
+            visible,
+            probs,
+            out,
+            a_norm,
+        }
+    }
+
+    /// The `t` kept slots `[t]`, ascending: by RMS attention, or by OMP on the mass system.
+    fn select(&self, t: i64, opts: &CompactOptions) -> Result<Tensor> {
+        let rms = self
+            .probs
+            .pow_tensor_scalar(2)
+            .mean_dim(&[0i64][..], false, Kind::Double)
+            .sqrt()
+            .masked_fill(&self.visible.logical_not(), -1.0);
+        let index = match opts.selection {
+            KeySelection::RmsAttention => rms.topk(t, 0, true, true).1,
+            KeySelection::Omp { batch } => {
+                omp_select(&self.a_norm, &self.visible, &rms, t, batch.max(1), opts)?
+            }
+        };
+        Ok(index.sort(0, false).0)
+    }
+}
+
+/// The mass weights `w` `[t]` (floored at `weight_floor`; β = log w) that make the kept
+/// columns `a_sel` `[n, t]` sum to one per query, by NNLS (all ones without `fit_bias`),
+/// and the RMS relative mass error.
+fn fit_mass(a_sel: &Tensor, t: i64, opts: &CompactOptions) -> Result<(Tensor, f64)> {
+    let cpu = tch::Device::Cpu;
+    let ones = Tensor::ones([a_sel.size()[0]], (Kind::Double, cpu));
+    let w = if opts.fit_bias {
+        nnls::nnls(a_sel, &ones, opts.nnls, opts.nnls_max_iter)?
+    } else {
+        Tensor::ones([t], (Kind::Double, cpu))
+    };
+    let w = w.clamp_min(opts.weight_floor);
+    let rel_mass_error = (a_sel.mv(&w) - &ones)
+        .pow_tensor_scalar(2)
+        .mean(Kind::Double)
+        .sqrt()
+        .double_value(&[]);
+    Ok((w, rel_mass_error))
+}
+
+/// Values `[t, d]` that reproduce the outputs `out` `[n, d]` under the compacted
+/// probabilities `x` `[n, t]`: ridge least squares pulled towards the kept values `v_sel`.
+fn fit_values(
+    x: &Tensor,
+    out: &Tensor,
+    v_sel: &Tensor,
+    t: i64,
+    opts: &CompactOptions,
+) -> Result<Tensor> {
+    let xtx = x.tr().matmul(x);
+    let lambda = opts.ridge * xtx.trace().double_value(&[]) / t as f64;
+    let lhs = &xtx + Tensor::eye(t, (Kind::Double, tch::Device::Cpu)) * lambda.max(1e-300);
+    let rhs = x.tr().matmul(out) + v_sel * lambda.max(1e-300);
+    Ok(Tensor::f_linalg_solve(&lhs, &rhs, true)?)
 }
 
 /// Greedy OMP on `a` `[n, s]` (target: all ones) restricted to `visible` slots: each step adds

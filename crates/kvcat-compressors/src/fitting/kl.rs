@@ -56,76 +56,97 @@ pub fn fit_kl(
         let _g = tch::no_grad_guard();
         logprobs(model, &mut orig.copy(), sample)?
     };
-    let f = Kind::Float;
-    let leaves: Vec<(Tensor, Tensor, Tensor)> = init
-        .layers
-        .iter()
-        .map(|l| {
-            let sz = l.k.size();
-            let beta = match &l.bias {
-                Some(b) => b.to_kind(f).detach().copy(),
-                None => Tensor::zeros([sz[0], sz[1], sz[2]], (f, l.k.device())),
-            };
-            (
-                l.k.to_kind(f).detach().copy().set_requires_grad(s.fit_keys),
-                l.v.to_kind(f)
-                    .detach()
-                    .copy()
-                    .set_requires_grad(s.fit_values),
-                beta.set_requires_grad(s.fit_bias),
-            )
-        })
-        .collect();
-    let params: Vec<&Tensor> = leaves
-        .iter()
-        .flat_map(|(k, v, b)| [(k, s.fit_keys), (v, s.fit_values), (b, s.fit_bias)])
-        .filter_map(|(t, free)| free.then_some(t))
-        .collect();
-    let build = |detach: bool| -> KvCache {
-        let layers = leaves
-            .iter()
-            .zip(&init.layers)
-            .map(|((k, v, b), l)| {
-                let pick = |t: &Tensor| {
-                    if detach {
-                        t.detach()
-                    } else {
-                        t.shallow_clone()
-                    }
-                };
-                LayerCache {
-                    k: pick(k),
-                    v: pick(v),
-                    positions: l.positions.shallow_clone(),
-                    keep: l.keep.as_ref().map(|m| m.shallow_clone()),
-                    bias: Some(pick(b)),
-                }
-            })
-            .collect();
-        KvCache {
-            layers,
-            seq_len: orig.seq_len,
-        }
-    };
-    let kl_of = |student: &Tensor| -> Tensor {
-        (teacher.exp() * (&teacher - student))
-            .sum_dim_intlist(&[-1i64][..], false, f)
-            .mean(f)
-    };
+    let leaves = Leaves::new(init, s);
+    let params = leaves.free(s);
+    let build = |detach: bool| leaves.cache(init, orig.seq_len, detach);
     let rule = StopRule {
         steps: s.steps,
         tol: s.tol,
         patience: s.patience,
     };
     let mut losses = minimise(&params, s.lr, rule, "kv_fit (next_token_kl)", || {
-        Ok(kl_of(&logprobs(model, &mut build(false), sample)?))
+        Ok(kl(&teacher, &logprobs(model, &mut build(false), sample)?))
     })?;
     let _g = tch::no_grad_guard();
-    losses.push(kl_of(&logprobs(model, &mut build(true), sample)?).double_value(&[]));
+    losses.push(kl(&teacher, &logprobs(model, &mut build(true), sample)?).double_value(&[]));
     let mut fitted = build(true);
     for (l, o) in fitted.layers.iter_mut().zip(&orig.layers) {
         l.k = l.k.to_kind(o.k.kind());
         l.v = l.v.to_kind(o.v.kind());
     }
     Ok((fitted, losses))
+}
+
+/// `KL(teacher ‖ student)` of log-probabilities `[b, u, vocab]`, summed over the vocabulary
+/// and averaged over positions (a scalar).
+fn kl(teacher: &Tensor, student: &Tensor) -> Tensor {
+    let f = Kind::Float;
+    (teacher.exp() * (teacher - student))
+        .sum_dim_intlist(&[-1i64][..], false, f)
+        .mean(f)
+}
+
+/// The optimised copies of every layer's keys and values `[b, kv_heads, slots, d]` and β
+/// `[b, kv_heads, slots]` (zeros when the layer had none), in f32.
+struct Leaves(Vec<(Tensor, Tensor, Tensor)>);
+
+impl Leaves {
+    /// Detached f32 copies of `init`'s layers, requiring grad where `s` frees them.
+    fn new(init: &KvCache, s: &KlSettings) -> Leaves {
+        let f = Kind::Float;
+        let leaves = init
+            .layers
+            .iter()
+            .map(|l| {
+                let sz = l.k.size();
+                let beta = match &l.bias {
+                    Some(b) => b.to_kind(f).detach().copy(),
+                    None => Tensor::zeros([sz[0], sz[1], sz[2]], (f, l.k.device())),
+                };
+                (
+                    l.k.to_kind(f).detach().copy().set_requires_grad(s.fit_keys),
+                    l.v.to_kind(f)
+                        .detach()
+                        .copy()
+                        .set_requires_grad(s.fit_values),
+                    beta.set_requires_grad(s.fit_bias),
+                )
+            })
+            .collect();
+        Leaves(leaves)
+    }
+
+    /// The free leaves, layer by layer (keys, values, β as `s` frees them).
+    fn free(&self, s: &KlSettings) -> Vec<&Tensor> {
+        self.0
+            .iter()
+            .flat_map(|(k, v, b)| [(k, s.fit_keys), (v, s.fit_values), (b, s.fit_bias)])
+            .filter_map(|(t, free)| free.then_some(t))
+            .collect()
+    }
+
+    /// A cache of the leaves with `init`'s positions and keep masks (`detach`: cut from the
+    /// graph).
+    fn cache(&self, init: &KvCache, seq_len: i64, detach: bool) -> KvCache {
+        let pick = |t: &Tensor| {
+            if detach {
+                t.detach()
+            } else {
+                t.shallow_clone()
+            }
+        };
+        let layers = self
+            .0
+            .iter()
+            .zip(&init.layers)
+            .map(|((k, v, b), l)| LayerCache {
+                k: pick(k),
+                v: pick(v),
+                positions: l.positions.shallow_clone(),
+                keep: l.keep.as_ref().map(|m| m.shallow_clone()),
+                bias: Some(pick(b)),
+            })
+            .collect();
+        KvCache { layers, seq_len }
+    }
 }

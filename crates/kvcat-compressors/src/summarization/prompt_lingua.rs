@@ -173,22 +173,7 @@ impl Compressor for PromptLingua {
     fn compress(&self, input: &CompressionInput) -> Result<Compressed> {
         let start = Instant::now();
         let cache = input.cache;
-        let Some(l0) = cache.layers.first() else {
-            return Err(Error::invalid("prompt_lingua: the cache is empty"));
-        };
-        let slots = l0.slots();
-        let cs = input.context.size();
-        if cs.len() != 2 || cs[1] != slots || l0.keep.is_some() || l0.bias.is_some() {
-            return Err(Error::invalid(format!(
-                "prompt_lingua re-prefills the text, so it needs the uncompressed prefill: the \
-                 context has shape {cs:?}, the cache {slots} slots{}",
-                if l0.keep.is_some() || l0.bias.is_some() {
-                    " with a keep mask or bias"
-                } else {
-                    ""
-                }
-            )));
-        }
+        let slots = uncompressed_slots(input)?;
         if input.budget.is_identity_for(slots) {
             return Ok(Compressed::unchanged(cache));
         }
@@ -205,11 +190,28 @@ impl Compressor for PromptLingua {
             self.params.chunk,
         )?;
         let kept = select(&info, t, self.params.keep_first); // [b, t]
+        let out = self.prefill_kept(input, &kept, slots)?;
+        Ok(Compressed {
+            cache: out,
+            extra: vec![
+                ("compress_seconds".into(), start.elapsed().as_secs_f64()),
+                ("mean_info_kept".into(), mean_info(&info, &kept, true)),
+                ("mean_info_dropped".into(), mean_info(&info, &kept, false)),
+            ],
+        })
+    }
+}
+
+impl PromptLingua {
+    /// Prefills each row's kept tokens `kept` `[b, t]` alone, at their original positions
+    /// or repacked to the last `t` of `slots`, and joins the rows' caches.
+    fn prefill_kept(&self, input: &CompressionInput, kept: &Tensor, slots: i64) -> Result<KvCache> {
+        let (b, t) = (kept.size()[0], kept.size()[1]);
         let dev = input.model.device();
         let ctx = input.context.to_device(dev).to_kind(Kind::Int64);
         let kept_ids = ctx.gather(1, &kept.to_device(dev), false);
-        let mut rows = Vec::with_capacity(cs[0] as usize);
-        for r in 0..cs[0] {
+        let mut rows = Vec::with_capacity(b as usize);
+        for r in 0..b {
             let ids = kept_ids.narrow(0, r, 1);
             let pos = match self.params.positions {
                 Positions::Original => kept.get(r),
@@ -227,31 +229,48 @@ impl Compressor for PromptLingua {
             )?;
             rows.push(c);
         }
-        let out = cat_rows(rows, cache.seq_len);
-        let mean = |mask_kept: bool| -> f64 {
-            let m = Tensor::zeros_like(&info)
-                .to_kind(Kind::Bool)
-                .scatter_value(1, &kept, 1)
-                .logical_xor_(&Tensor::from(!mask_kept));
-            let finite = info.isfinite().logical_and(&m);
-            let n = finite.sum(Kind::Int64).int64_value(&[]);
-            if n == 0 {
-                0.0
+        Ok(cat_rows(rows, input.cache.seq_len))
+    }
+}
+
+/// The slots of the input's cache, which must be the uncompressed prefill of its context
+/// `[b, slots]` (no keep mask or bias): prompt_lingua re-prefills the text.
+fn uncompressed_slots(input: &CompressionInput) -> Result<i64> {
+    let Some(l0) = input.cache.layers.first() else {
+        return Err(Error::invalid("prompt_lingua: the cache is empty"));
+    };
+    let slots = l0.slots();
+    let cs = input.context.size();
+    if cs.len() != 2 || cs[1] != slots || l0.keep.is_some() || l0.bias.is_some() {
+        return Err(Error::invalid(format!(
+            "prompt_lingua re-prefills the text, so it needs the uncompressed prefill: the \
+             context has shape {cs:?}, the cache {slots} slots{}",
+            if l0.keep.is_some() || l0.bias.is_some() {
+                " with a keep mask or bias"
             } else {
-                info.masked_select(&finite)
-                    .sum(Kind::Double)
-                    .double_value(&[])
-                    / n as f64
+                ""
             }
-        };
-        Ok(Compressed {
-            cache: out,
-            extra: vec![
-                ("compress_seconds".into(), start.elapsed().as_secs_f64()),
-                ("mean_info_kept".into(), mean(true)),
-                ("mean_info_dropped".into(), mean(false)),
-            ],
-        })
+        )));
+    }
+    Ok(slots)
+}
+
+/// The mean finite self-information `info` `[b, T]` of the kept tokens `kept` `[b, t]`
+/// (`of_kept`), or of the dropped ones; 0 when there are none.
+fn mean_info(info: &Tensor, kept: &Tensor, of_kept: bool) -> f64 {
+    let m = Tensor::zeros_like(info)
+        .to_kind(Kind::Bool)
+        .scatter_value(1, kept, 1)
+        .logical_xor_(&Tensor::from(!of_kept));
+    let finite = info.isfinite().logical_and(&m);
+    let n = finite.sum(Kind::Int64).int64_value(&[]);
+    if n == 0 {
+        0.0
+    } else {
+        info.masked_select(&finite)
+            .sum(Kind::Double)
+            .double_value(&[])
+            / n as f64
     }
 }
 

@@ -88,63 +88,11 @@ pub fn from_metadata(meta: &BTreeMap<String, Value>, file: &str) -> Result<Optio
             supported: SUPPORTED_MODELS.into(),
         });
     }
-    let pre_name = meta
-        .get("tokenizer.ggml.pre")
-        .and_then(Value::as_str)
-        .unwrap_or("default");
-    let pre = pre_tokenizer(pre_name).ok_or_else(|| Error::Unsupported {
-        file: file.to_string(),
-        what: "pre-tokenizer (tokenizer.ggml.pre)".into(),
-        value: format!("`{pre_name}`"),
-        supported: SUPPORTED_PRE.into(),
-    })?;
-
+    let pre = pre_tokenizer_of(meta, file)?;
     let tokens = string_array(meta, "tokenizer.ggml.tokens", file)?;
-    let merges_raw = string_array(meta, "tokenizer.ggml.merges", file)?;
-    let types: Vec<i64> = match meta.get("tokenizer.ggml.token_type") {
-        None => vec![1; tokens.len()],
-        Some(v) => {
-            let arr = v.as_array().unwrap_or(&[]);
-            let types: Vec<i64> = arr.iter().filter_map(Value::as_i64).collect();
-            if types.len() != tokens.len() {
-                return Err(Error::Config {
-                    file: file.to_string(),
-                    field: "tokenizer.ggml.token_type".into(),
-                    reason: format!(
-                        "expected {} integers (one per token), got {} usable of {}",
-                        tokens.len(),
-                        types.len(),
-                        arr.len()
-                    ),
-                });
-            }
-            types
-        }
-    };
-
-    // Keep the first id of a duplicated token string, as llama.cpp's token-to-id map does.
-    let mut vocab = Vocab::default();
-    for (id, tok) in tokens.iter().enumerate() {
-        vocab.entry(tok.to_string()).or_insert(id as u32);
-    }
-    let mut merges = Vec::with_capacity(merges_raw.len());
-    for (i, m) in merges_raw.iter().enumerate() {
-        let (a, b) = m.split_once(' ').ok_or_else(|| Error::Config {
-            file: file.to_string(),
-            field: "tokenizer.ggml.merges".into(),
-            reason: format!("merge {i} `{m}` is not two tokens separated by a space"),
-        })?;
-        merges.push((a.to_string(), b.to_string()));
-    }
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| Error::Format {
-            file: file.to_string(),
-            reason: format!("cannot build the BPE tokenizer from tokenizer.ggml.*: {e}"),
-        })?;
-
-    let mut tk = tokenizers::Tokenizer::new(bpe);
+    let merges = string_array(meta, "tokenizer.ggml.merges", file)?;
+    let types = token_types(meta, file, tokens.len())?;
+    let mut tk = tokenizers::Tokenizer::new(bpe_model(&tokens, &merges, file)?);
     tk.with_pre_tokenizer(Some(pre));
     tk.with_decoder(Some(ByteLevel::new(false, true, true)));
     tk.with_post_processor(Some(ByteLevel::new(false, true, true)));
@@ -165,6 +113,67 @@ pub fn from_metadata(meta: &BTreeMap<String, Value>, file: &str) -> Result<Optio
     tk.add_tokens(added(TOKEN_TYPE_USER_DEFINED, false))
         .map_err(add_err)?;
     Ok(Some(Tokenizer::new(tk)))
+}
+
+/// The pre-tokenizer `tokenizer.ggml.pre` names (`default` when absent).
+fn pre_tokenizer_of(meta: &BTreeMap<String, Value>, file: &str) -> Result<PreTokenizerWrapper> {
+    let pre_name = meta
+        .get("tokenizer.ggml.pre")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
+    pre_tokenizer(pre_name).ok_or_else(|| Error::Unsupported {
+        file: file.to_string(),
+        what: "pre-tokenizer (tokenizer.ggml.pre)".into(),
+        value: format!("`{pre_name}`"),
+        supported: SUPPORTED_PRE.into(),
+    })
+}
+
+/// `tokenizer.ggml.token_type`: one integer per token (all normal when absent).
+fn token_types(meta: &BTreeMap<String, Value>, file: &str, n_tokens: usize) -> Result<Vec<i64>> {
+    let Some(v) = meta.get("tokenizer.ggml.token_type") else {
+        return Ok(vec![1; n_tokens]);
+    };
+    let arr = v.as_array().unwrap_or(&[]);
+    let types: Vec<i64> = arr.iter().filter_map(Value::as_i64).collect();
+    if types.len() != n_tokens {
+        return Err(Error::Config {
+            file: file.to_string(),
+            field: "tokenizer.ggml.token_type".into(),
+            reason: format!(
+                "expected {} integers (one per token), got {} usable of {}",
+                n_tokens,
+                types.len(),
+                arr.len()
+            ),
+        });
+    }
+    Ok(types)
+}
+
+/// The byte-level BPE of `tokens` and `merges` (`a b` each). A duplicated token string
+/// keeps its first id, as llama.cpp's token-to-id map does.
+fn bpe_model(tokens: &[&str], merges: &[&str], file: &str) -> Result<BPE> {
+    let mut vocab = Vocab::default();
+    for (id, tok) in tokens.iter().enumerate() {
+        vocab.entry(tok.to_string()).or_insert(id as u32);
+    }
+    let mut pairs = Vec::with_capacity(merges.len());
+    for (i, m) in merges.iter().enumerate() {
+        let (a, b) = m.split_once(' ').ok_or_else(|| Error::Config {
+            file: file.to_string(),
+            field: "tokenizer.ggml.merges".into(),
+            reason: format!("merge {i} `{m}` is not two tokens separated by a space"),
+        })?;
+        pairs.push((a.to_string(), b.to_string()));
+    }
+    BPE::builder()
+        .vocab_and_merges(vocab, pairs)
+        .build()
+        .map_err(|e| Error::Format {
+            file: file.to_string(),
+            reason: format!("cannot build the BPE tokenizer from tokenizer.ggml.*: {e}"),
+        })
 }
 
 /// Builds the tokenizer of an opened GGUF file; see [`from_metadata`].

@@ -66,6 +66,7 @@ impl Model {
 
     /// Loads an HF directory or a `.gguf` file, onto `device` in dtype `kind`.
     pub fn load(path: &Path, device: Device, kind: Kind) -> Result<Model> {
+        let _span = tracing::info_span!("load", path = %path.display()).entered();
         if !path.exists() {
             return Err(Error::io(
                 path,

@@ -243,6 +243,94 @@ impl Cursor<'_> {
     }
 }
 
+impl Cursor<'_> {
+    /// The header: magic, a supported version (2 or 3), and tensor and metadata counts
+    /// plausible for the file's length. Returns `(version, tensors, metadata entries)`.
+    fn header(&mut self) -> Result<(u32, u64, u64)> {
+        let magic = self.u32("magic")?;
+        if magic != MAGIC {
+            return Err(self.err(&format!(
+                "bad magic {:?}, expected \"GGUF\" (not a GGUF file)",
+                String::from_utf8_lossy(&magic.to_le_bytes())
+            )));
+        }
+        let version = self.u32("version")?;
+        if !(2..=3).contains(&version) {
+            return Err(Error::Unsupported {
+                file: self.file.to_string(),
+                what: "GGUF version".into(),
+                value: version.to_string(),
+                supported: "2, 3".into(),
+            });
+        }
+        let n_tensors = self.u64("tensor count")?;
+        let n_kv = self.u64("metadata count")?;
+        // Each KV or tensor info takes more than 8 bytes.
+        let len = self.len;
+        if n_tensors > len / 8 || n_kv > len / 8 {
+            return Err(self.err(&format!(
+                "header claims {n_tensors} tensors and {n_kv} metadata entries, too many for a {len}-byte file"
+            )));
+        }
+        Ok((version, n_tensors, n_kv))
+    }
+
+    /// `n` metadata entries: key, value type, value.
+    fn metadata(&mut self, n: u64) -> Result<BTreeMap<String, Value>> {
+        let mut metadata = BTreeMap::new();
+        for i in 0..n {
+            let key = self.string(&format!("metadata key #{i}"))?;
+            let ty = self.u32(&format!("type of metadata `{key}`"))?;
+            let value = self.value(ty, &format!("metadata `{key}`"), 0)?;
+            metadata.insert(key, value);
+        }
+        Ok(metadata)
+    }
+
+    /// `n` tensor infos: name, 1 to 4 dims, ggml type, data offset.
+    fn tensor_infos(&mut self, n: u64) -> Result<Vec<TensorInfo>> {
+        let mut tensors = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let name = self.string(&format!("name of tensor #{i}"))?;
+            let n_dims = self.u32(&format!("dim count of tensor `{name}`"))?;
+            if n_dims == 0 || n_dims > 4 {
+                return Err(self.err(&format!(
+                    "tensor `{name}` has {n_dims} dims, expected 1 to 4"
+                )));
+            }
+            let mut dims = Vec::with_capacity(n_dims as usize);
+            for _ in 0..n_dims {
+                dims.push(self.u64(&format!("dims of tensor `{name}`"))?);
+            }
+            let raw_ty = self.u32(&format!("type of tensor `{name}`"))?;
+            let ty = GgmlType::from_u32(raw_ty);
+            let offset = self.u64(&format!("offset of tensor `{name}`"))?;
+            tensors.push(TensorInfo {
+                name,
+                dims,
+                ty,
+                offset,
+            });
+        }
+        Ok(tensors)
+    }
+}
+
+/// The data alignment: `general.alignment` (a positive power of two), else the default.
+fn alignment(metadata: &BTreeMap<String, Value>, file: &str) -> Result<u64> {
+    match metadata.get("general.alignment") {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(v) => match v.as_i64() {
+            Some(a) if a > 0 && (a as u64).is_power_of_two() => Ok(a as u64),
+            _ => Err(Error::Config {
+                file: file.to_string(),
+                field: "general.alignment".into(),
+                reason: format!("expected a positive power of two, got {v:?}"),
+            }),
+        },
+    }
+}
+
 impl GgufFile {
     /// Reads and checks the header of `path`: magic, version (2 or 3), metadata, tensor infos
     /// (known ggml types, whole blocks per row) and that every tensor's bytes lie in the file.
@@ -256,73 +344,10 @@ impl GgufFile {
             len,
             file: &file_name,
         };
-        let magic = c.u32("magic")?;
-        if magic != MAGIC {
-            return Err(c.err(&format!(
-                "bad magic {:?}, expected \"GGUF\" (not a GGUF file)",
-                String::from_utf8_lossy(&magic.to_le_bytes())
-            )));
-        }
-        let version = c.u32("version")?;
-        if !(2..=3).contains(&version) {
-            return Err(Error::Unsupported {
-                file: file_name,
-                what: "GGUF version".into(),
-                value: version.to_string(),
-                supported: "2, 3".into(),
-            });
-        }
-        let n_tensors = c.u64("tensor count")?;
-        let n_kv = c.u64("metadata count")?;
-        // Each KV or tensor info takes more than 8 bytes.
-        if n_tensors > len / 8 || n_kv > len / 8 {
-            return Err(c.err(&format!(
-                "header claims {n_tensors} tensors and {n_kv} metadata entries, too many for a {len}-byte file"
-            )));
-        }
-        let mut metadata = BTreeMap::new();
-        for i in 0..n_kv {
-            let key = c.string(&format!("metadata key #{i}"))?;
-            let ty = c.u32(&format!("type of metadata `{key}`"))?;
-            let value = c.value(ty, &format!("metadata `{key}`"), 0)?;
-            metadata.insert(key, value);
-        }
-        let mut tensors = Vec::with_capacity(n_tensors as usize);
-        for i in 0..n_tensors {
-            let name = c.string(&format!("name of tensor #{i}"))?;
-            let n_dims = c.u32(&format!("dim count of tensor `{name}`"))?;
-            if n_dims == 0 || n_dims > 4 {
-                return Err(c.err(&format!(
-                    "tensor `{name}` has {n_dims} dims, expected 1 to 4"
-                )));
-            }
-            let mut dims = Vec::with_capacity(n_dims as usize);
-            for _ in 0..n_dims {
-                dims.push(c.u64(&format!("dims of tensor `{name}`"))?);
-            }
-            let raw_ty = c.u32(&format!("type of tensor `{name}`"))?;
-            let ty = GgmlType::from_u32(raw_ty);
-            let offset = c.u64(&format!("offset of tensor `{name}`"))?;
-            tensors.push(TensorInfo {
-                name,
-                dims,
-                ty,
-                offset,
-            });
-        }
-        let alignment = match metadata.get("general.alignment") {
-            None => DEFAULT_ALIGNMENT,
-            Some(v) => match v.as_i64() {
-                Some(a) if a > 0 && (a as u64).is_power_of_two() => a as u64,
-                _ => {
-                    return Err(Error::Config {
-                        file: file_name,
-                        field: "general.alignment".into(),
-                        reason: format!("expected a positive power of two, got {v:?}"),
-                    })
-                }
-            },
-        };
+        let (version, n_tensors, n_kv) = c.header()?;
+        let metadata = c.metadata(n_kv)?;
+        let tensors = c.tensor_infos(n_tensors)?;
+        let alignment = alignment(&metadata, &file_name)?;
         let data_start = c.pos.div_ceil(alignment) * alignment;
         let out = GgufFile {
             path: path.to_path_buf(),
