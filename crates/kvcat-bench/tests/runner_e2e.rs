@@ -9,8 +9,8 @@ use kvcat_policies as _;
 mod runner_support;
 use kvcat_bench::report::write_report;
 use kvcat_bench::results::ResultRow;
+use kvcat_bench::runner::kvcat_executor::KvcatExecutor;
 use kvcat_bench::runner::manifest::Manifest;
-use kvcat_bench::runner::real::RealExecutor;
 use kvcat_bench::runner::store::recover;
 use kvcat_bench::runner::{run_bench, Grid};
 use runner_support::{options, play_corpus, temp_dir};
@@ -107,7 +107,7 @@ fn mini_manifest_end_to_end_then_kill_and_resume() {
 
     // 1. A full run on the real trainer and evaluator.
     let out = root.join("full");
-    let mut exec = RealExecutor::new(&m).unwrap();
+    let mut exec = KvcatExecutor::new(&m).unwrap();
     let s = run_bench(&m, &options(&out), &mut exec).unwrap();
     assert!(s.failed.is_empty(), "{:?}", s.failed);
     assert_eq!((s.ran, s.trained), (20, 3));

@@ -7,8 +7,8 @@ use kvcat_compressors as _;
 use kvcat_policies as _;
 
 mod runner_support;
+use kvcat_bench::runner::kvcat_executor::KvcatExecutor;
 use kvcat_bench::runner::manifest::Manifest;
-use kvcat_bench::runner::real::RealExecutor;
 use kvcat_bench::runner::store::recover;
 use kvcat_bench::runner::{run_bench, Grid};
 use runner_support::{options, play_corpus, temp_dir};
@@ -100,7 +100,7 @@ fn gist_compress_every_and_analyze_run_in_a_manifest() {
     assert_eq!(Grid::expand(&m).unwrap().cells.len(), 2 * (2 + 3));
 
     let out = root.join("run");
-    let mut exec = RealExecutor::new(&m).unwrap();
+    let mut exec = KvcatExecutor::new(&m).unwrap();
     let s = run_bench(&m, &options(&out), &mut exec).unwrap();
     // gist summarises an uncompressed prefill only, so compressing again during generation
     // is refused, with an error that says where

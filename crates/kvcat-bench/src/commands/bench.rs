@@ -2,8 +2,8 @@
 //! resumable results directory.
 
 use crate::runner::estimate::estimate;
+use crate::runner::kvcat_executor::KvcatExecutor;
 use crate::runner::manifest::Manifest;
-use crate::runner::real::RealExecutor;
 use crate::runner::store::{recover, RESULTS_FILE};
 use crate::runner::{shard_cells, BenchOptions, BenchSummary, Grid, Shard};
 use anyhow::Context;
@@ -60,7 +60,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.dry_run {
         return dry_run(&manifest, &opts, !args.no_estimate);
     }
-    let mut exec = RealExecutor::new(&manifest)?;
+    let mut exec = KvcatExecutor::new(&manifest)?;
     let summary = crate::runner::run_bench(&manifest, &opts, &mut exec)
         .with_context(|| format!("running {}", args.manifest.display()))?;
     print_summary(&manifest, &opts, &summary);

@@ -1,7 +1,7 @@
 //! The seam between the runner and the work it orchestrates: a [`CellExecutor`] trains one
 //! checkpoint and evaluates one cell. The runner owns everything else (order, caching,
 //! durability, shards, progress), so its logic is tested with a fake executor and the real
-//! one ([`super::real::RealExecutor`]) only wires training and evaluation in.
+//! one ([`super::kvcat_executor::KvcatExecutor`]) only wires training and evaluation in.
 
 use super::checkpoints::{Checkpoint, TrainJob};
 use super::grid::Cell;

@@ -7,8 +7,9 @@
 //! - [`store`]: `manifest.toml`, `results.csv` and the `cells.done` journal, under the
 //!   directory's writer lock.
 //! - [`failures`]: `failed.csv`, the cells that failed and are retried on the next run.
-//! - [`executor`]: the trait that trains a checkpoint and evaluates a cell; [`real`] is the
-//!   implementation over `kvcat_bench::train` and `kvcat_bench::evaluate`.
+//! - [`executor`]: the [`CellExecutor`] trait that trains a checkpoint and evaluates a cell,
+//!   and its contexts; [`kvcat_executor`] is its implementation over `kvcat_bench::train`
+//!   and `kvcat_bench::evaluate`.
 //! - [`merge`]: joining shard directories.
 //! - [`estimate`]: the `--dry-run` time estimate.
 
@@ -18,14 +19,21 @@ pub mod estimate;
 pub mod executor;
 pub mod failures;
 pub mod grid;
+pub mod kvcat_executor;
 mod lock;
 pub mod manifest;
 pub mod merge;
-pub mod real;
 pub mod runtime_spec;
 pub mod shard;
 pub mod store;
 pub mod training;
+
+/// The old name of [`crate::runner::kvcat_executor`].
+#[deprecated(note = "renamed to `runner::kvcat_executor::KvcatExecutor`")]
+pub mod real {
+    /// The old name of [`crate::runner::kvcat_executor::KvcatExecutor`].
+    pub type RealExecutor = super::kvcat_executor::KvcatExecutor;
+}
 
 pub use executor::{CellContext, CellExecutor, CellOutput};
 pub use grid::{Cell, Grid};

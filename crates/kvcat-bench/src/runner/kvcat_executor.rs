@@ -31,8 +31,9 @@ use std::sync::Arc;
 use std::time::Duration;
 use tch::{Device, Kind};
 
-/// Trains with [`crate::train::train`] and evaluates with [`crate::evaluate`].
-pub struct RealExecutor {
+/// The [`CellExecutor`] over kvcat itself: trains with [`crate::train::train`] and evaluates
+/// with [`crate::evaluate`].
+pub struct KvcatExecutor {
     manifest: Manifest,
     device: Device,
     kind: Kind,
@@ -43,12 +44,12 @@ pub struct RealExecutor {
     prepared: HashMap<usize, Vec<Prepared>>,
 }
 
-impl RealExecutor {
+impl KvcatExecutor {
     /// An executor for `manifest`'s device and dtype (resolved now: asking for CUDA where
     /// there is none is an error).
-    pub fn new(manifest: &Manifest) -> Result<RealExecutor> {
+    pub fn new(manifest: &Manifest) -> Result<KvcatExecutor> {
         let (device, kind) = super::runtime_spec::resolve(manifest.device, manifest.dtype)?;
-        Ok(RealExecutor {
+        Ok(KvcatExecutor {
             manifest: manifest.clone(),
             device,
             kind,
@@ -192,7 +193,7 @@ fn follow_metrics(
     })
 }
 
-impl CellExecutor for RealExecutor {
+impl CellExecutor for KvcatExecutor {
     fn train(
         &mut self,
         job: &TrainJob,
