@@ -4,7 +4,7 @@ use kvcat_compressors as _;
 use kvcat_policies as _;
 
 mod runner_support;
-use kvcat_bench::runner::checkpoints::Init;
+use kvcat_bench::runner::jobs::Init;
 use kvcat_bench::runner::manifest::Manifest;
 use kvcat_bench::runner::{Grid, Shard};
 use runner_support::MINI;

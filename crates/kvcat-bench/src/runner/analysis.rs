@@ -9,8 +9,8 @@
 //! A directory is written under a temporary name and renamed when complete, and one that
 //! exists is not redone, so an interrupted or repeated run loses nothing and repeats nothing.
 
-use super::checkpoints::Checkpoint;
 use super::executor::CellExecutor;
+use super::jobs::Checkpoint;
 use super::manifest::{AnalyzeSpec, Manifest, BASELINE_POLICY, BASE_POLICY};
 use super::Checkpoints;
 use crate::analyze::table::ProfileRow;

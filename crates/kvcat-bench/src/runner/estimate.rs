@@ -19,8 +19,8 @@
 //! Checkpoints already in the cache and finished cells cost nothing; loading, tokenising and
 //! data preparation are not counted.
 
-use super::checkpoints::Init;
 use super::grid::{Cell, Grid};
+use super::jobs::Init;
 use super::manifest::{Manifest, ModelSpec};
 use super::training::{build_config, Source};
 use crate::evaluate::{evaluate_budgets, EvalOptions, Prepared};

@@ -3,8 +3,8 @@
 //! durability, shards, progress), so its logic is tested with a fake executor and the real
 //! one ([`super::kvcat_executor::KvcatExecutor`]) only wires training and evaluation in.
 
-use super::checkpoints::{Checkpoint, TrainJob};
 use super::grid::Cell;
+use super::jobs::{Checkpoint, TrainJob};
 use super::manifest::{AnalyzeSpec, Manifest, PluginSpec, TaskSpec, REFERENCE_COMPRESSOR};
 use crate::analyze::table::ProfileRow;
 use crate::results::{ExampleScore, ResultRow};

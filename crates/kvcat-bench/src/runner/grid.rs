@@ -6,7 +6,7 @@
 //! an unsharded `results.csv`, and `--shard` slices it into contiguous balanced ranges so a
 //! shard needs few checkpoints.
 
-use super::checkpoints::{plan_checkpoints, Checkpoint, TrainJob};
+use super::jobs::{plan_checkpoints, Checkpoint, TrainJob};
 use super::manifest::{Manifest, REFERENCE_COMPRESSOR};
 use super::runtime_spec::DtypeSpec;
 use kvcat_core::budget::Budget;

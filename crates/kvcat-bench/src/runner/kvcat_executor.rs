@@ -5,8 +5,8 @@
 //! runner's checkpoint-major cell order loads each model once. A group of budgets of one
 //! compressor is evaluated with [`evaluate_budgets`], which prefills each example once.
 
-use super::checkpoints::TrainJob;
 use super::executor::{CellContext, CellExecutor, CellOutput};
+use super::jobs::TrainJob;
 use super::manifest::{AnalyzeSpec, Manifest};
 use super::training::train_config;
 use crate::analyze::profile::ProfileSpec;

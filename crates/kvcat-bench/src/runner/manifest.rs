@@ -863,7 +863,7 @@ fn parse_analyze(
 fn check_compressor_policies(
     loc: &Locator,
     raw: &[RawPlugin],
-    checkpoints: &[super::checkpoints::Checkpoint],
+    checkpoints: &[super::jobs::Checkpoint],
 ) -> Result<()> {
     let mut known: Vec<&str> = checkpoints.iter().map(|c| c.policy.as_str()).collect();
     known.sort_unstable();
@@ -1016,7 +1016,7 @@ impl Manifest {
             analyze: None,
         };
         // Training tables are checked by building every checkpoint's training config.
-        let (_, checkpoints) = super::checkpoints::plan_checkpoints(&manifest)
+        let (_, checkpoints) = super::jobs::plan_checkpoints(&manifest)
             .map_err(|e| locate_training_error(&loc, &raw, e))?;
         check_compressor_policies(&loc, &raw.compressor, &checkpoints)?;
         let analyze = parse_analyze(&loc, raw.analyze.as_ref(), &manifest)?;

@@ -2,7 +2,8 @@
 //! compressors × budgets × tasks, run into a durable, resumable, shardable results directory.
 //!
 //! - [`manifest`]: schema, span-aware parsing, validation against the registries.
-//! - [`checkpoints`], [`grid`]: training jobs, checkpoints and content-hashed cells.
+//! - [`jobs`], [`grid`]: the training jobs and checkpoints a manifest plans, and its
+//!   content-hashed cells; [`training`]: a job's table as a [`crate::train::TrainConfig`].
 //! - [`shard`]: deterministic balanced slices (`--shard i/n`, Slurm arrays).
 //! - [`store`]: `manifest.toml`, `results.csv` and the `cells.done` journal, under the
 //!   directory's writer lock.
@@ -14,11 +15,11 @@
 //! - [`estimate`]: the `--dry-run` time estimate.
 
 mod analysis;
-pub mod checkpoints;
 pub mod estimate;
 pub mod executor;
 pub mod failures;
 pub mod grid;
+pub mod jobs;
 pub mod kvcat_executor;
 mod lock;
 pub mod manifest;
@@ -27,6 +28,12 @@ pub mod runtime_spec;
 pub mod shard;
 pub mod store;
 pub mod training;
+
+/// The old name of [`jobs`].
+#[deprecated(note = "renamed to `runner::jobs`")]
+pub mod checkpoints {
+    pub use super::jobs::*;
+}
 
 /// The old name of [`crate::runner::kvcat_executor`].
 #[deprecated(note = "renamed to `runner::kvcat_executor::KvcatExecutor`")]
@@ -41,9 +48,9 @@ pub use manifest::Manifest;
 pub use shard::Shard;
 pub use store::ResultStore;
 
-use checkpoints::{Init, Weights};
 use failures::FailureLog;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use jobs::{Init, Weights};
 use kvcat_core::{Error, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};

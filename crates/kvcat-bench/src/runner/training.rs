@@ -6,8 +6,8 @@
 //! path, or the parent checkpoint), `policy` (from the `[[policy]]` entry) and, unless the
 //! table sets them, `device`, `dtype` and `seed` (from the manifest's top level).
 
-use super::checkpoints::{Init, TrainJob};
 use super::grid::short_hash;
+use super::jobs::{Init, TrainJob};
 use super::manifest::{Manifest, PolicySpec};
 use crate::train::TrainConfig;
 use kvcat_core::{Error, Result};

@@ -6,7 +6,7 @@
 
 use indicatif::ProgressBar;
 use kvcat_bench::results::{ExampleScore, ResultRow};
-use kvcat_bench::runner::checkpoints::{Init, TrainJob};
+use kvcat_bench::runner::jobs::{Init, TrainJob};
 use kvcat_bench::runner::{BenchOptions, CellContext, CellExecutor, CellOutput};
 use kvcat_core::budget::Budget;
 use kvcat_core::{Error, Result};

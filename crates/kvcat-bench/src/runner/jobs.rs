@@ -1,4 +1,4 @@
-//! Checkpoint planning: which training jobs a manifest needs and which checkpoints it
+//! Training-job planning: which training jobs a manifest needs and which checkpoints it
 //! evaluates.
 //!
 //! Every `[[model]]` gives a *base* weight source: a file (`path`) or a from-scratch
