@@ -20,9 +20,9 @@
 //! data preparation are not counted.
 
 use super::grid::{Cell, Grid};
+use super::job_config::{build_config, Source};
 use super::jobs::Init;
 use super::manifest::{Manifest, ModelSpec};
-use super::training::{build_config, Source};
 use crate::evaluate::{evaluate_budgets, EvalOptions, Prepared};
 use crate::perf::{train_step_seconds, TrainShape};
 use crate::train::config::TrainConfig;

@@ -9,8 +9,8 @@
 //! table, its policy and its parent's id, so trained checkpoints are cached across runs.
 
 use super::grid::hash_of;
+use super::job_config::{build_config, job_id, Source};
 use super::manifest::{Manifest, PolicySpec, BASE_POLICY, SCORER_POLICY};
-use super::training::{build_config, job_id, Source};
 use kvcat_core::registry::params_string;
 use kvcat_core::{Error, Result};
 use serde::Serialize;

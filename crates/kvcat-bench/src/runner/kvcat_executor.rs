@@ -6,9 +6,9 @@
 //! compressor is evaluated with [`evaluate_budgets`], which prefills each example once.
 
 use super::executor::{CellContext, CellExecutor, CellOutput};
+use super::job_config::train_config;
 use super::jobs::TrainJob;
 use super::manifest::{AnalyzeSpec, Manifest};
-use super::training::train_config;
 use crate::analyze::profile::ProfileSpec;
 use crate::analyze::profile_model;
 use crate::analyze::table::ProfileRow;

@@ -3,7 +3,7 @@
 //!
 //! - [`manifest`]: schema, span-aware parsing, validation against the registries.
 //! - [`jobs`], [`grid`]: the training jobs and checkpoints a manifest plans, and its
-//!   content-hashed cells; [`training`]: a job's table as a [`crate::train::TrainConfig`].
+//!   content-hashed cells; [`job_config`]: a job's table as a [`crate::train::TrainConfig`].
 //! - [`shard`]: deterministic balanced slices (`--shard i/n`, Slurm arrays).
 //! - [`store`]: `manifest.toml`, `results.csv` and the `cells.done` journal, under the
 //!   directory's writer lock.
@@ -19,6 +19,7 @@ pub mod estimate;
 pub mod executor;
 pub mod failures;
 pub mod grid;
+pub mod job_config;
 pub mod jobs;
 pub mod kvcat_executor;
 mod lock;
@@ -27,12 +28,17 @@ pub mod merge;
 pub mod runtime_spec;
 pub mod shard;
 pub mod store;
-pub mod training;
 
 /// The old name of [`jobs`].
 #[deprecated(note = "renamed to `runner::jobs`")]
 pub mod checkpoints {
     pub use super::jobs::*;
+}
+
+/// The old name of [`job_config`].
+#[deprecated(note = "renamed to `runner::job_config`")]
+pub mod training {
+    pub use super::job_config::*;
 }
 
 /// The old name of [`crate::runner::kvcat_executor`].
@@ -235,7 +241,7 @@ impl<'a> Checkpoints<'a> {
         pb.finish_and_clear();
         bars.remove(&pb);
         trained?;
-        training::write_job_record(job, &tmp)?;
+        job_config::write_job_record(job, &tmp)?;
         std::fs::rename(&tmp, &dir).map_err(|e| Error::io(&dir, e))?;
         let done = format!(
             "trained {} in {:.0}s → {}",
