@@ -12,7 +12,7 @@
 use super::executor::CellExecutor;
 use super::jobs::Checkpoint;
 use super::manifest::{AnalyzeSpec, Manifest, BASELINE_POLICY, BASE_POLICY};
-use super::Checkpoints;
+use super::CheckpointCache;
 use crate::analyze::table::ProfileRow;
 use crate::analyze::write_profile;
 use indicatif::MultiProgress;
@@ -48,7 +48,7 @@ pub(super) fn analyze_checkpoints(
     m: &Manifest,
     spec: &AnalyzeSpec,
     out: &Path,
-    ckpts: &mut Checkpoints,
+    ckpts: &mut CheckpointCache,
     exec: &mut dyn CellExecutor,
     bars: &MultiProgress,
     progress: bool,

@@ -135,8 +135,9 @@ pub fn shard_cells(grid: &Grid, shard: Option<Shard>) -> &[Cell] {
     }
 }
 
-/// Checkpoint cache state for one run.
-struct Checkpoints<'a> {
+/// The run's cache of trained weights: which training jobs are done (and where their
+/// weights lie under `root`), which failed, and how many were trained or reused.
+struct CheckpointCache<'a> {
     grid: &'a Grid,
     root: PathBuf,
     done: Vec<Option<PathBuf>>,
@@ -145,10 +146,10 @@ struct Checkpoints<'a> {
     reused: usize,
 }
 
-impl<'a> Checkpoints<'a> {
+impl<'a> CheckpointCache<'a> {
     /// An empty cache state for `grid`'s jobs, cached under `root`.
-    fn new(grid: &'a Grid, root: &Path) -> Checkpoints<'a> {
-        Checkpoints {
+    fn new(grid: &'a Grid, root: &Path) -> CheckpointCache<'a> {
+        CheckpointCache {
             grid,
             root: root.to_path_buf(),
             done: vec![None; grid.train_jobs.len()],
@@ -367,7 +368,7 @@ pub fn run_bench(
     let mut run = BenchRun::open(m, opts, &grid)?;
     let todo = run.todo();
     run.summary.skipped = run.summary.shard_cells - todo.len();
-    let mut ckpts = Checkpoints::new(&grid, &opts.checkpoints);
+    let mut ckpts = CheckpointCache::new(&grid, &opts.checkpoints);
     if opts.train_only {
         run.train_needed(&todo, &mut ckpts, exec);
     } else {
@@ -454,7 +455,7 @@ impl<'g> BenchRun<'g> {
     fn train_needed(
         &mut self,
         todo: &[&Cell],
-        ckpts: &mut Checkpoints,
+        ckpts: &mut CheckpointCache,
         exec: &mut dyn CellExecutor,
     ) {
         let mut needed: Vec<usize> = todo.iter().map(|c| c.checkpoint).collect();
@@ -472,7 +473,7 @@ impl<'g> BenchRun<'g> {
     fn evaluate_cells(
         &mut self,
         todo: &[&Cell],
-        ckpts: &mut Checkpoints,
+        ckpts: &mut CheckpointCache,
         exec: &mut dyn CellExecutor,
     ) -> Result<()> {
         let pb = self.bars.add(ProgressBar::new(todo.len() as u64));
@@ -519,7 +520,7 @@ impl<'g> BenchRun<'g> {
     fn run_group(
         &mut self,
         group: &[&Cell],
-        ckpts: &mut Checkpoints,
+        ckpts: &mut CheckpointCache,
         exec: &mut dyn CellExecutor,
         pb: &ProgressBar,
     ) -> Result<()> {
