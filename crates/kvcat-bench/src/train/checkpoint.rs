@@ -1,4 +1,4 @@
-//! Checkpoints: an HF-style directory that `kvcat_core::Model::load` reads like any other
+//! On-disk training checkpoints: an HF-style directory that `kvcat_core::Model::load` reads like any other
 //! (`config.json`, `model.safetensors`, `tokenizer.json`), plus the training state:
 //!
 //! | file | holds |
