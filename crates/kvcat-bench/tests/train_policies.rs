@@ -341,7 +341,7 @@ fn omp_residual(gram: &Tensor, w: &Tensor) -> Tensor {
 
 #[test]
 fn attention_matching_omp_fits_better_than_random_subsets() {
-    use kvcat_policies::attention_matching::omp_select;
+    use kvcat_policies::attention_matching::gram_omp_select;
     tch::manual_seed(3);
     let (n, nq, p, d, k) = (3i64, 48i64, 40i64, 8i64, 8i64);
     let opts = (Kind::Double, Device::Cpu);
@@ -351,7 +351,7 @@ fn attention_matching_omp_fits_better_than_random_subsets() {
     let logits = q.matmul(&keys.transpose(-2, -1)) / (d as f64).sqrt();
     let a = (&logits - logits.max_dim(-1, true).0).exp();
     let gram = a.transpose(-2, -1).matmul(&a) * (v.matmul(&v.transpose(-2, -1)) + 1.0);
-    let (sel, w) = omp_select(&gram, k, 1e-4);
+    let (sel, w) = gram_omp_select(&gram, k, 1e-4);
     let counts = sel.sum_dim_intlist(-1, false, Kind::Int64);
     assert!(counts.equal(&Tensor::full([n], k, (Kind::Int64, Device::Cpu))));
     assert_eq!(

@@ -4,6 +4,10 @@
 //! "Fast KV Compaction via Attention Matching"), used here as a train-time policy so that a
 //! model is trained for the fitting compressor it will meet.
 //!
+//! Not to be confused with the inference-time *compressor* of the same registry name
+//! (`kvcat_compressors::fitting::attention_matching`), the same paper's full compaction:
+//! it also fits the kept slots' bias β and values. This policy only selects (a mask).
+//!
 //! # Method
 //! For one KV head, let `Q` be `n` reference queries (the teacher's continuation queries of
 //! the head's query group, subsampled to at most `max_queries` per head), `K`, `V` the prefix
@@ -60,14 +64,23 @@ impl Default for AttentionMatchingParams {
     }
 }
 
+/// The old name of [`gram_omp_select`].
+#[deprecated(note = "renamed to `gram_omp_select`")]
+pub fn omp_select(gram: &Tensor, kept: i64, ridge: f64) -> (Tensor, Tensor) {
+    gram_omp_select(gram, kept, ridge)
+}
+
 /// OMP-based attention-matching selection.
 pub struct AttentionMatchingPolicy {
     params: AttentionMatchingParams,
 }
 
-/// Greedy OMP over Gram matrices `gram` `[N, P, P]` for targets `Xᵀy = gram·1`.
+/// Greedy OMP over Gram matrices `gram` `[N, P, P]` (mass and output targets together, one
+/// per head) for targets `Xᵀy = gram·1`, refitting `w` by clipped ridge least squares.
 /// Returns the selected mask `[N, P]` (bool, `kept` per row) and weights `[N, P]` (0 off `S`).
-pub fn omp_select(gram: &Tensor, kept: i64, ridge: f64) -> (Tensor, Tensor) {
+/// (The `attention_matching` *compressor* selects keys by its own OMP on one head's mass
+/// system with NNLS refits, in `kvcat_compressors::fitting::compact`.)
+pub fn gram_omp_select(gram: &Tensor, kept: i64, ridge: f64) -> (Tensor, Tensor) {
     let s = gram.size();
     let (n, p) = (s[0], s[1]);
     let device = gram.device();
@@ -177,7 +190,7 @@ impl MaskingPolicy for AttentionMatchingPolicy {
                 ))
             })?;
             let gram = self.layer_gram(q, &lc.k, &lc.v, p, kind);
-            let (sel, w) = omp_select(&gram, input.kept, self.params.ridge);
+            let (sel, w) = gram_omp_select(&gram, input.kept, self.params.ridge);
             keep.push(sel.view([b, kv, p]));
             if self.params.beta_bias {
                 let beta = w

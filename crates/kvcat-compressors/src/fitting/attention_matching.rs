@@ -11,6 +11,10 @@
 //! the context's own prefill queries and (query-aware runs) the question's queries. With
 //! `layer_by_layer = true` the repeat pass runs through each layer's *compacted* cache before
 //! reaching the next layer, so later layers are fitted to the queries they will really see.
+//!
+//! Not to be confused with the train-time *policy* of the same registry name
+//! (`kvcat_policies::attention_matching`), which applies only this paper's key-selection step,
+//! as a mask, so that a model is trained for this compressor.
 
 use super::compact::{compact_head, CompactOptions, KeySelection};
 use super::compact_batch::compact_heads;

@@ -180,7 +180,7 @@ impl Reference {
         let index = match opts.selection {
             KeySelection::RmsAttention => rms.topk(t, 0, true, true).1,
             KeySelection::Omp { batch } => {
-                omp_select(&self.a_norm, &self.visible, &rms, t, batch.max(1), opts)?
+                mass_omp_select(&self.a_norm, &self.visible, &rms, t, batch.max(1), opts)?
             }
         };
         Ok(index.sort(0, false).0)
@@ -223,11 +223,15 @@ fn fit_values(
     Ok(Tensor::f_linalg_solve(&lhs, &rhs, true)?)
 }
 
-/// Greedy OMP on `a` `[n, s]` (target: all ones) restricted to `visible` slots: each step adds
-/// the `batch` unselected columns most correlated with the residual, then refits NNLS. Once the
-/// mass is matched (RMS relative residual below 1e-3), further mass columns only fit noise, so
-/// the remaining slots go to the highest `rms` attention scores `[s]`.
-fn omp_select(
+/// Greedy OMP on one head's mass system `a` `[n, s]` (target: all ones) restricted to
+/// `visible` slots: each step adds the `batch` unselected columns most correlated with the
+/// residual, then refits NNLS. Once the mass is matched (RMS relative residual below 1e-3),
+/// further mass columns only fit noise, so the remaining slots go to the highest `rms`
+/// attention scores `[s]`. Returns the `t` chosen slot indices `[t]`.
+///
+/// The `attention_matching` *policy* has its own, batched OMP over mass-and-output Gram
+/// matrices with ridge refits: `kvcat_policies::attention_matching::gram_omp_select`.
+fn mass_omp_select(
     a: &Tensor,
     visible: &Tensor,
     rms: &Tensor,
