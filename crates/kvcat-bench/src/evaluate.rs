@@ -410,8 +410,10 @@ impl Accum {
     }
 }
 
-/// Evaluates `examples` with `compressor` at one `budget` (`None` compressor: uncompressed).
-pub fn evaluate(
+/// Evaluates `examples` with `compressor` at one `budget` (`None` compressor: uncompressed):
+/// the benchmark's task metrics for one example set. (Held-out loss during training is
+/// [`crate::train::heldout_loss`].)
+pub fn evaluate_examples(
     model: &Llama,
     tok: &Tokenizer,
     examples: &[Prepared],
@@ -422,6 +424,19 @@ pub fn evaluate(
     let mut out = evaluate_budgets(model, tok, examples, compressor, &[budget], opts)?;
     out.pop()
         .ok_or_else(|| Error::invalid("evaluation produced no result"))
+}
+
+/// The old name of [`evaluate_examples`].
+#[deprecated(note = "renamed to `evaluate_examples`")]
+pub fn evaluate(
+    model: &Llama,
+    tok: &Tokenizer,
+    examples: &[Prepared],
+    compressor: Option<&dyn Compressor>,
+    budget: Budget,
+    opts: &EvalOptions,
+) -> Result<EvalResult> {
+    evaluate_examples(model, tok, examples, compressor, budget, opts)
 }
 
 /// Evaluates `examples` at several budgets, prefilling each example once; returns one result

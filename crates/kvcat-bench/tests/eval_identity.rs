@@ -6,7 +6,7 @@
 
 mod tasks_support;
 use kvcat_bench::evaluate::{
-    check_task_fits, evaluate, evaluate_budgets, prepare, CellInfo, EvalOptions,
+    check_task_fits, evaluate_budgets, evaluate_examples, prepare, CellInfo, EvalOptions,
 };
 use kvcat_compressors as _;
 use kvcat_core::compressor::build_compressor;
@@ -59,7 +59,7 @@ fn full_budget_through_the_compressor_equals_no_compression() {
     examples.extend(ppl_examples(&tok));
     let opts = EvalOptions::default();
     let prepared = prepare(&model, &tok, &examples, &opts).unwrap();
-    let base = evaluate(&model, &tok, &prepared, None, Budget::full(), &opts).unwrap();
+    let base = evaluate_examples(&model, &tok, &prepared, None, Budget::full(), &opts).unwrap();
     for name in ["knorm", "snapkv"] {
         let Ok(c) = build_compressor(name, &toml::Table::new()) else {
             assert_ne!(name, "knorm", "knorm must be registered");
@@ -70,7 +70,7 @@ fn full_budget_through_the_compressor_equals_no_compression() {
                 query_aware: qa,
                 ..EvalOptions::default()
             };
-            let r = evaluate(
+            let r = evaluate_examples(
                 &model,
                 &tok,
                 &prepared,

@@ -7,7 +7,7 @@
 //! What this does *not* show is retrieval itself: at this scale neither run answers fresh
 //! examples above chance (see `docs/benchmarks/evidence.md` for the longer runs).
 
-use kvcat_bench::evaluate::{evaluate, prepare, EvalOptions};
+use kvcat_bench::evaluate::{evaluate_examples, prepare, EvalOptions};
 use kvcat_bench::train::{train, TrainConfig, TrainRunOptions};
 use kvcat_core::task::build_task;
 use kvcat_core::{Budget, LlamaConfig, Model};
@@ -148,6 +148,6 @@ fn accuracy(out: &Path) -> f64 {
     let examples = task.examples(&tok, 48, 11).unwrap();
     let opts = EvalOptions::default();
     let prepared = prepare(&m.net, &tok, &examples, &opts).unwrap();
-    let r = evaluate(&m.net, &tok, &prepared, None, Budget::full(), &opts).unwrap();
+    let r = evaluate_examples(&m.net, &tok, &prepared, None, Budget::full(), &opts).unwrap();
     r.metric("string_match_all").unwrap().mean
 }
