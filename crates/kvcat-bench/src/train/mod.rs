@@ -26,4 +26,5 @@ pub use config::{
     BudgetSchedule, DataConfig, EvalConfig, LossConfig, ModelConfig, OptimConfig, PolicyConfig,
     SplitConfig, TeacherChoice, TokenizerConfig, TrainConfig,
 };
-pub use trainer::{evaluate, train, StepLog, TrainRunOptions, TrainSummary};
+#[allow(deprecated)]
+pub use trainer::{evaluate, heldout_loss, train, StepLog, TrainRunOptions, TrainSummary};

@@ -147,8 +147,9 @@ fn starting_model(
 }
 
 /// Held-out losses: unmasked NTP over every window, and continuation NTP under the policy at
-/// `eval.budget` with the split at the middle of the configured range.
-pub fn evaluate(
+/// `eval.budget` with the split at the middle of the configured range. (The benchmark's
+/// evaluation of a task's examples is [`crate::evaluate::evaluate_examples`].)
+pub fn heldout_loss(
     model: &Model,
     policy: &mut dyn MaskingPolicy,
     batches: &[Tensor],
@@ -204,6 +205,18 @@ pub fn evaluate(
     })
 }
 
+/// The old name of [`heldout_loss`].
+#[deprecated(note = "renamed to `heldout_loss`")]
+pub fn evaluate(
+    model: &Model,
+    policy: &mut dyn MaskingPolicy,
+    batches: &[Tensor],
+    cfg: &TrainConfig,
+    step: usize,
+) -> Result<EvalRecord> {
+    heldout_loss(model, policy, batches, cfg, step)
+}
+
 fn check_finite(
     step: usize,
     name: &str,
@@ -248,7 +261,7 @@ pub fn train(cfg: &TrainConfig, out_dir: &Path, opts: &TrainRunOptions) -> Resul
     };
     let mut last_saved = (state.step > 0).then_some(state.step);
     if state.evals.is_empty() && !run.heldout.is_empty() {
-        state.evals.push(run.evaluate(cfg, 0)?);
+        state.evals.push(run.heldout_loss(cfg, 0)?);
     }
     let mut metrics = open_metrics(out_dir, state.step)?;
     let bar = progress_bar(cfg, opts, state.step);
@@ -452,8 +465,8 @@ impl Session {
         })
     }
 
-    fn evaluate(&mut self, cfg: &TrainConfig, step: usize) -> Result<EvalRecord> {
-        evaluate(&self.model, self.policy.as_mut(), &self.heldout, cfg, step)
+    fn heldout_loss(&mut self, cfg: &TrainConfig, step: usize) -> Result<EvalRecord> {
+        heldout_loss(&self.model, self.policy.as_mut(), &self.heldout, cfg, step)
     }
 
     /// One optimiser step (gradient accumulation over micro-batches, clipping, AdamW at the
@@ -531,7 +544,7 @@ impl Session {
         let done = state.step == cfg.steps;
         let has_heldout = !self.heldout.is_empty();
         if cfg.eval.every > 0 && state.step % cfg.eval.every == 0 && !done && has_heldout {
-            let e = self.evaluate(cfg, state.step)?;
+            let e = self.heldout_loss(cfg, state.step)?;
             bar.println(format!(
                 "step {}: held-out NTP {:.4}{}",
                 e.step,
@@ -546,7 +559,7 @@ impl Session {
             return Ok(false);
         }
         if done && has_heldout {
-            state.evals.push(self.evaluate(cfg, state.step)?);
+            state.evals.push(self.heldout_loss(cfg, state.step)?);
         }
         let (model, policy) = (&self.model, self.policy.as_ref());
         checkpoint::save(
