@@ -15,6 +15,7 @@ pub mod perf;
 pub mod report;
 pub mod results;
 pub mod runner;
+pub mod runtime_spec;
 pub mod stats;
 pub mod tasks;
 pub mod train;

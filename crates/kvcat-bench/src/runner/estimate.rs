@@ -129,7 +129,7 @@ pub fn estimate(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) 
 /// Measures model by model: the training jobs not yet cached, then the cells, each model
 /// on a stand-in with its architecture.
 fn measure(m: &Manifest, grid: &Grid, cells: &[&Cell], checkpoints: &Path) -> Result<Estimate> {
-    let (device, kind) = super::runtime_spec::resolve(m.device, m.dtype)?;
+    let (device, kind) = crate::runtime_spec::resolve(m.device, m.dtype)?;
     let mut est = Estimate::default();
     let mut caveat = String::new();
     let model_index = |name: &str| m.model.iter().position(|x| x.name == name);

@@ -8,7 +8,7 @@
 
 use super::jobs::{plan_checkpoints, Checkpoint, TrainJob};
 use super::manifest::{Manifest, REFERENCE_COMPRESSOR};
-use super::runtime_spec::DtypeSpec;
+use crate::runtime_spec::DtypeSpec;
 use kvcat_core::budget::Budget;
 use kvcat_core::{Error, Result};
 use serde::Serialize;

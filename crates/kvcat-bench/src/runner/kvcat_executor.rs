@@ -48,7 +48,7 @@ impl KvcatExecutor {
     /// An executor for `manifest`'s device and dtype (resolved now: asking for CUDA where
     /// there is none is an error).
     pub fn new(manifest: &Manifest) -> Result<KvcatExecutor> {
-        let (device, kind) = super::runtime_spec::resolve(manifest.device, manifest.dtype)?;
+        let (device, kind) = crate::runtime_spec::resolve(manifest.device, manifest.dtype)?;
         Ok(KvcatExecutor {
             manifest: manifest.clone(),
             device,

@@ -60,7 +60,7 @@
 //! errors carry `file:line:column` and, for names, every known name. The result is the
 //! *resolved* manifest (defaults filled in), which is saved beside the results.
 
-use super::runtime_spec::{DeviceSpec, DtypeSpec};
+use crate::runtime_spec::{DeviceSpec, DtypeSpec};
 use kvcat_core::budget::Budget;
 use kvcat_core::compressor::{build_compressor, ScorerDescriptor};
 use kvcat_core::policy::build_policy;

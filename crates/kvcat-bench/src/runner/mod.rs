@@ -25,7 +25,6 @@ pub mod kvcat_executor;
 mod lock;
 pub mod manifest;
 pub mod merge;
-pub mod runtime_spec;
 pub mod shard;
 pub mod store;
 
@@ -47,6 +46,9 @@ pub mod real {
     /// The old name of [`crate::runner::kvcat_executor::KvcatExecutor`].
     pub type RealExecutor = super::kvcat_executor::KvcatExecutor;
 }
+
+/// The manifest's `device` and `dtype` enums, shared with [`crate::train::TrainConfig`].
+pub use crate::runtime_spec;
 
 pub use executor::{CellContext, CellExecutor, CellOutput};
 pub use grid::{Cell, Grid};

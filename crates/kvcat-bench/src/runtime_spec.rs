@@ -1,4 +1,5 @@
-//! The manifest's `device` and `dtype`: closed sets of names, parsed once into enums.
+//! `device` and `dtype`, in a manifest and in a training config: closed sets of names, parsed
+//! once into enums.
 //!
 //! Both serialise back to the name a user writes (`cuda` stays `cuda`, `cuda:0` stays
 //! `cuda:0`), so the resolved manifest and the cell ids hashed from it read as before. The
@@ -12,7 +13,7 @@ use std::fmt;
 use std::str::FromStr;
 use tch::{Device, Kind};
 
-/// `device = "…"`: where the grid runs. Resolved to a [`tch::Device`] by the executor.
+/// `device = "…"`: where the grid (or a training run) runs. Resolved to a [`tch::Device`] by the executor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DeviceSpec {
@@ -66,7 +67,7 @@ impl fmt::Display for DeviceSpec {
     }
 }
 
-/// `dtype = "…"`: the compute dtype of every model in the grid.
+/// `dtype = "…"`: the compute dtype of every model in the grid (or of a training run).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
 pub enum DtypeSpec {
