@@ -1,6 +1,7 @@
 //! `TrainConfig`: the plain-data description of one training run (TOML, `deny_unknown_fields`),
 //! its validation, and its content hash for checkpoint caching.
 
+use crate::runtime_spec::{DeviceSpec, DtypeSpec};
 use kvcat_core::error::ResultExt;
 use kvcat_core::toml_paths::{check_shape, from_table, span_of, PathError};
 use kvcat_core::{Budget, Error, LlamaConfig, Result};
@@ -41,12 +42,13 @@ pub struct TrainConfig {
     pub split: SplitConfig,
     #[serde(default)]
     pub seed: u64,
-    /// `auto`, `cpu`, `cuda` or `cuda:N`.
-    #[serde(default = "auto")]
-    pub device: String,
+    /// `auto`, `cpu`, `cuda` or `cuda:N` (written back as given, so the content hash reads
+    /// the same name).
+    #[serde(default)]
+    pub device: DeviceSpec,
     /// `auto` (f32 on CPU, bf16 on CUDA), `f32`, `bf16` or `f16`.
-    #[serde(default = "auto")]
-    pub dtype: String,
+    #[serde(default)]
+    pub dtype: DtypeSpec,
     /// Held-out evaluation.
     #[serde(default)]
     pub eval: EvalConfig,
@@ -57,9 +59,6 @@ pub struct TrainConfig {
 
 fn one() -> usize {
     1
-}
-fn auto() -> String {
-    "auto".into()
 }
 
 /// Where the model comes from.
@@ -357,7 +356,7 @@ impl TrainConfig {
 
     /// Checks every field that can be checked without touching data or the model;
     /// errors name the field. Checked in this order: sizes, model, split, budgets, loss,
-    /// optimiser, data, then the device, dtype and policy names.
+    /// optimiser, data, then the policy name.
     pub fn validate(&self) -> Result<()> {
         self.check_sizes()?;
         self.check_model()?;
@@ -468,12 +467,9 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// `dtype`, `device` and `policy.name` name things that exist.
+    /// `policy.name` names a registered policy (`device` and `dtype` are enums, checked when
+    /// the config is read).
     fn check_names(&self) -> Result<()> {
-        kvcat_core::device::parse_dtype(&self.dtype).context("field `dtype`")?;
-        self.device
-            .parse::<kvcat_core::device::DeviceChoice>()
-            .context("field `device`")?;
         kvcat_core::registry::get::<kvcat_core::PolicyDescriptor>(&self.policy.name)
             .context("field `policy.name`")?;
         Ok(())
@@ -683,10 +679,69 @@ impl Default for TrainConfig {
             budget: BudgetSchedule::default(),
             split: SplitConfig::default(),
             seed: 0,
-            device: "cpu".into(),
-            dtype: "auto".into(),
+            device: DeviceSpec::Cpu,
+            dtype: DtypeSpec::Auto,
             eval: EvalConfig::default(),
             save_every: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// `device` and `dtype` serialise as the names a user writes, so the content hash (and
+    /// every checkpoint id) reads the same strings as when they were plain strings.
+    #[test]
+    fn device_and_dtype_serialise_as_written() {
+        let mut cfg = TrainConfig::default();
+        let json = serde_json::to_value(&cfg).unwrap();
+        assert_eq!(
+            (&json["device"], &json["dtype"]),
+            (&"cpu".into(), &"auto".into())
+        );
+        for (device, dtype) in [("cuda", "bf16"), ("cuda:0", "f16"), ("auto", "f32")] {
+            cfg.device = device.parse().unwrap();
+            cfg.dtype = dtype.parse().unwrap();
+            let json = serde_json::to_value(&cfg).unwrap();
+            assert_eq!(
+                (&json["device"], &json["dtype"]),
+                (&device.into(), &dtype.into())
+            );
+        }
+    }
+
+    /// A bad name is refused when the config is read, naming the field and the allowed names.
+    #[test]
+    fn bad_device_or_dtype_names_the_field_and_the_allowed_names() {
+        let mut table = toml::Value::try_from(TrainConfig::default())
+            .unwrap()
+            .as_table()
+            .unwrap()
+            .clone();
+        table.insert("dtype".into(), "f8".into());
+        let e = TrainConfig::from_table(&table).unwrap_err();
+        assert_eq!(e.path.to_string(), "dtype");
+        assert_eq!(
+            e.reason,
+            "unknown dtype `f8` (allowed: auto, f32, bf16, f16)"
+        );
+        table.insert("dtype".into(), "f32".into());
+        table.insert("device".into(), "tpu".into());
+        let e = TrainConfig::from_table(&table).unwrap_err();
+        assert_eq!(e.path.to_string(), "device");
+        assert!(
+            e.reason.contains("(allowed: auto, cpu, cuda, cuda:N)"),
+            "{}",
+            e.reason
+        );
+        let text = toml::to_string(&table).unwrap();
+        let e = TrainConfig::from_toml_str(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("device = \"tpu\"") && e.contains("allowed: auto, cpu"),
+            "{e}"
+        );
     }
 }

@@ -9,7 +9,7 @@ use super::optim::AdamW;
 use super::schedule::{learning_rate, sample_budget, sample_prefix, step_rng, Stream};
 use super::tokenizer::{train_bpe, EOS};
 use indicatif::ProgressBar;
-use kvcat_core::device::{default_dtype, parse_dtype, DeviceChoice};
+use kvcat_core::device::default_dtype;
 use kvcat_core::error::ResultExt;
 use kvcat_core::model::ForwardOptions;
 use kvcat_core::policy::build_policy;
@@ -403,12 +403,8 @@ impl Session {
     /// Builds the model (from `out_dir` when resuming), data, policy and optimiser, seeding in
     /// a fixed order so that a resumed run continues bit for bit.
     fn open(cfg: &TrainConfig, out_dir: &Path, resuming: bool) -> Result<Session> {
-        let device = cfg
-            .device
-            .parse::<DeviceChoice>()?
-            .resolve()
-            .context("field `device`")?;
-        let kind = parse_dtype(&cfg.dtype)?.unwrap_or(default_dtype(device));
+        let device = cfg.device.choice().resolve().context("field `device`")?;
+        let kind = cfg.dtype.kind().unwrap_or(default_dtype(device));
         let cache_dir = cfg
             .data
             .cache_dir
