@@ -9,7 +9,7 @@
 use kvcat_core::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 /// Held while training one job. Dropping it (or the process dying) releases the lock; the
@@ -210,6 +210,7 @@ impl DirLock {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::path::PathBuf;
     use std::sync::{Arc, Barrier, Mutex};
 
     fn scratch(name: &str) -> PathBuf {
