@@ -49,6 +49,28 @@ pub fn check_len(task: &str, len: usize) -> Result<()> {
     Ok(())
 }
 
+/// A closed set of named choices for a task parameter (`haystack = "essay"`), parsed with
+/// [`parse_choice`].
+pub trait Choice: Copy + 'static {
+    /// Every choice, in the order errors list them.
+    const ALL: &'static [Self];
+    /// The name in configs and result rows.
+    fn name(self) -> &'static str;
+}
+
+/// The choice named `s`, or an error listing the allowed names (serde adds the field:
+/// ``field `haystack`: "novel"; allowed: essay, repeat, needle``).
+pub fn parse_choice<C: Choice>(s: &str) -> std::result::Result<C, String> {
+    C::ALL
+        .iter()
+        .copied()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| {
+            let allowed: Vec<&str> = C::ALL.iter().map(|c| c.name()).collect();
+            format!("\"{s}\"; allowed: {}", allowed.join(", "))
+        })
+}
+
 /// The project's asset directory: `$KVCAT_ASSETS`, else `./assets` when it exists, else the
 /// `assets/` folder of the source tree this binary was built from.
 pub fn assets_dir() -> PathBuf {
