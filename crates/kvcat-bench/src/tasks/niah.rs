@@ -9,9 +9,7 @@
 
 use super::haystack::{filler_units, sentences, split_long, Haystack, Needle};
 use super::words;
-use super::{
-    check_len, data_file, example_rng, parse_choice, read_essays, swept_depth, Choice, ESSAYS,
-};
+use super::{check_len, data_file, example_rng, read_essays, swept_depth, Choice, ESSAYS};
 use kvcat_core::task::{check_depth, Context, Example, Metric};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::seq::SliceRandom;
@@ -51,65 +49,25 @@ impl Default for NiahParams {
     }
 }
 
-/// What fills a needle task's haystack.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
-pub enum HaystackKind {
-    /// Paul Graham essay sentences.
-    Essay,
-    /// The repeated passkey filler.
-    Repeat,
-    /// Distractor needles with other keys, one per line.
-    Needle,
-}
-
-impl Choice for HaystackKind {
-    const ALL: &'static [Self] = &[
-        HaystackKind::Essay,
-        HaystackKind::Repeat,
-        HaystackKind::Needle,
-    ];
-    fn name(self) -> &'static str {
-        match self {
-            HaystackKind::Essay => "essay",
-            HaystackKind::Repeat => "repeat",
-            HaystackKind::Needle => "needle",
-        }
+choice_enum! {
+    /// What fills a needle task's haystack.
+    pub enum HaystackKind {
+        /// Paul Graham essay sentences.
+        Essay = "essay",
+        /// The repeated passkey filler.
+        Repeat = "repeat",
+        /// Distractor needles with other keys, one per line.
+        Needle = "needle",
     }
 }
 
-impl TryFrom<String> for HaystackKind {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        parse_choice(&s)
-    }
-}
-
-/// What a needle's keys or values are; the name is also the plural noun in the prompt
-/// ("special magic numbers").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case", try_from = "String")]
-pub enum ItemKind {
-    Words,
-    Numbers,
-    Uuids,
-}
-
-impl Choice for ItemKind {
-    const ALL: &'static [Self] = &[ItemKind::Words, ItemKind::Numbers, ItemKind::Uuids];
-    fn name(self) -> &'static str {
-        match self {
-            ItemKind::Words => "words",
-            ItemKind::Numbers => "numbers",
-            ItemKind::Uuids => "uuids",
-        }
-    }
-}
-
-impl TryFrom<String> for ItemKind {
-    type Error = String;
-    fn try_from(s: String) -> std::result::Result<Self, String> {
-        parse_choice(&s)
+choice_enum! {
+    /// What a needle's keys or values are; the name is also the plural noun in the prompt
+    /// ("special magic numbers").
+    pub enum ItemKind {
+        Words = "words",
+        Numbers = "numbers",
+        Uuids = "uuids",
     }
 }
 
