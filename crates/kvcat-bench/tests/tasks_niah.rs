@@ -132,3 +132,32 @@ fn bad_input_is_a_clear_error() {
         assert!(e.contains(needle), "{e}");
     }
 }
+
+#[test]
+fn closed_string_params_are_enums_with_clear_errors() {
+    for (params, field, allowed) in [
+        ("haystack = \"novel\"", "haystack", "essay, repeat, needle"),
+        ("key_type = \"emoji\"", "key_type", "words, numbers, uuids"),
+        (
+            "value_type = \"colours\"",
+            "value_type",
+            "words, numbers, uuids",
+        ),
+    ] {
+        let table: toml::Table = params.parse().unwrap();
+        let e = kvcat_core::task::build_task("niah_single", &table)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(&format!("`{field}`")), "{e}");
+        assert!(e.contains(allowed), "{e}");
+    }
+    // the names round-trip through the resolved parameters unchanged
+    let t =
+        kvcat_core::task::build_task("niah_multikey", &"haystack = \"needle\"".parse().unwrap())
+            .unwrap();
+    let p = t.params();
+    assert_eq!(p["haystack"].as_str(), Some("needle"));
+    assert_eq!(p["key_type"].as_str(), Some("words"));
+    assert_eq!(p["value_type"].as_str(), Some("numbers"));
+}

@@ -11,7 +11,7 @@
 use crate::budget::Budget;
 use crate::cache::KvCache;
 use crate::model::Llama;
-use crate::registry::Descriptor;
+use crate::registry::Registration;
 use crate::Result;
 use tch::Tensor;
 
@@ -82,31 +82,13 @@ pub trait Scorer: Send + Sync {
 }
 
 /// A registered compressor.
-pub struct CompressorDescriptor {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub defaults: fn() -> toml::Table,
-    pub build: fn(&toml::Table) -> Result<Box<dyn Compressor>>,
-}
+pub type CompressorDescriptor = Registration<dyn Compressor>;
 
-impl Descriptor for CompressorDescriptor {
-    const KIND: &'static str = "compressor";
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn description(&self) -> &'static str {
-        self.description
-    }
-    fn defaults(&self) -> toml::Table {
-        (self.defaults)()
-    }
-}
-
-inventory::collect!(CompressorDescriptor);
+crate::plugin_kind!(dyn Compressor, "compressor");
 
 /// Builds a registered compressor by name from its parameter table.
 pub fn build_compressor(name: &str, params: &toml::Table) -> Result<Box<dyn Compressor>> {
-    (crate::registry::get::<CompressorDescriptor>(name)?.build)(params)
+    crate::registry::build(name, params)
 }
 
 /// A boxed scorer is a scorer, so typed wrappers (`AdaKv<S: Scorer>`) also hold scorers chosen
@@ -125,29 +107,11 @@ impl<S: Scorer + ?Sized> Scorer for Box<S> {
 
 /// A registered eviction scorer (what wrappers such as `adakv` or `pyramid` name as `inner`,
 /// and what a train-time policy may reuse).
-pub struct ScorerDescriptor {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub defaults: fn() -> toml::Table,
-    pub build: fn(&toml::Table) -> Result<Box<dyn Scorer>>,
-}
+pub type ScorerDescriptor = Registration<dyn Scorer>;
 
-impl Descriptor for ScorerDescriptor {
-    const KIND: &'static str = "scorer";
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn description(&self) -> &'static str {
-        self.description
-    }
-    fn defaults(&self) -> toml::Table {
-        (self.defaults)()
-    }
-}
-
-inventory::collect!(ScorerDescriptor);
+crate::plugin_kind!(dyn Scorer, "scorer");
 
 /// Builds a registered scorer by name from its parameter table.
 pub fn build_scorer(name: &str, params: &toml::Table) -> Result<Box<dyn Scorer>> {
-    (crate::registry::get::<ScorerDescriptor>(name)?.build)(params)
+    crate::registry::build(name, params)
 }

@@ -10,7 +10,7 @@
 use crate::cache::KvCache;
 use crate::config::LlamaConfig;
 use crate::model::{ForwardOutput, Llama};
-use crate::registry::Descriptor;
+use crate::registry::Registration;
 use crate::summary::SummaryLayout;
 use crate::{Error, Result};
 use rand::rngs::StdRng;
@@ -125,29 +125,11 @@ pub trait MaskingPolicy: Send {
 }
 
 /// A registered masking policy.
-pub struct PolicyDescriptor {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub defaults: fn() -> toml::Table,
-    pub build: fn(&toml::Table) -> Result<Box<dyn MaskingPolicy>>,
-}
+pub type PolicyDescriptor = Registration<dyn MaskingPolicy>;
 
-impl Descriptor for PolicyDescriptor {
-    const KIND: &'static str = "policy";
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn description(&self) -> &'static str {
-        self.description
-    }
-    fn defaults(&self) -> toml::Table {
-        (self.defaults)()
-    }
-}
-
-inventory::collect!(PolicyDescriptor);
+crate::plugin_kind!(dyn MaskingPolicy, "policy");
 
 /// Builds a registered policy by name from its parameter table.
 pub fn build_policy(name: &str, params: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    (crate::registry::get::<PolicyDescriptor>(name)?.build)(params)
+    crate::registry::build(name, params)
 }

@@ -10,7 +10,7 @@
 //! Tasks also render an example as plain training text (context, question, answer), so that
 //! training can mix synthetic retrieval text into its data.
 
-use crate::registry::Descriptor;
+use crate::registry::Registration;
 use crate::tokenizer::Tokenizer;
 use crate::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -248,31 +248,83 @@ pub fn pack_examples<T: Task + ?Sized>(
 }
 
 /// A registered task.
-pub struct TaskDescriptor {
-    pub name: &'static str,
-    pub description: &'static str,
-    pub defaults: fn() -> toml::Table,
-    pub build: fn(&toml::Table) -> Result<Box<dyn Task>>,
-}
+pub type TaskDescriptor = Registration<dyn Task>;
 
-impl Descriptor for TaskDescriptor {
-    const KIND: &'static str = "task";
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn description(&self) -> &'static str {
-        self.description
-    }
-    fn defaults(&self) -> toml::Table {
-        (self.defaults)()
-    }
-}
-
-inventory::collect!(TaskDescriptor);
+crate::plugin_kind!(dyn Task, "task");
 
 /// Builds a registered task by name from its parameter table.
 pub fn build_task(name: &str, params: &toml::Table) -> Result<Box<dyn Task>> {
-    (crate::registry::get::<TaskDescriptor>(name)?.build)(params)
+    crate::registry::build(name, params)
+}
+
+/// Declares a task whose examples are built one at a time by
+/// `self.example(tokenizer, seed, index) -> Result<Example>` from its parameters in field `p`,
+/// and registers it: implements [`Task`] (name, params, `target_len`, examples, and optionally
+/// a dense `training_row` method `fn(&self, tokenizer, seq_len, seed) -> Result<TrainingRow>`)
+/// and submits a [`TaskDescriptor`] built by `$ty::new(params)`.
+///
+/// ```ignore
+/// kvcat_core::task!(
+///     Passkey(PasskeyParams),
+///     "passkey",
+///     "passkey retrieval in repeated filler (Mohtashami & Jaggi 2023)",
+///     target_len: |p| p.context_len,
+/// );
+/// ```
+///
+/// A type registered under several names (one per variant) writes the two halves:
+/// `kvcat_core::task!(@impl Niah, name: |s| s.name, target_len: |p| p.context_len);` and one
+/// [`register_task!`](crate::register_task) per name.
+#[macro_export]
+macro_rules! task {
+    ($ty:ident($params:ty), $name:expr, $desc:literal, target_len: |$p:ident| $len:expr
+     $(, training_row: $row:ident)? $(,)?) => {
+        $crate::task!(@impl $ty, name: |_task| $name, target_len: |$p| $len $(, training_row: $row)?);
+        $crate::register_task!($name, $desc, $params, |params| $ty::new(params));
+    };
+    (@impl $ty:ident, name: |$s:ident| $name:expr, target_len: |$p:ident| $len:expr
+     $(, training_row: $row:ident)? $(,)?) => {
+        impl $crate::task::Task for $ty {
+            fn name(&self) -> &'static str {
+                let $s = self;
+                $name
+            }
+            fn params(&self) -> $crate::toml::Table {
+                $crate::registry::to_table(&self.p)
+            }
+            fn target_len(&self) -> Option<usize> {
+                let $p = &self.p;
+                Some($len)
+            }
+            fn examples(
+                &self,
+                tokenizer: &$crate::Tokenizer,
+                n: usize,
+                seed: u64,
+            ) -> $crate::Result<Vec<$crate::task::Example>> {
+                (0..n).map(|i| self.example(tokenizer, seed, i)).collect()
+            }
+            $(
+            fn training_row(
+                &self,
+                tokenizer: &$crate::Tokenizer,
+                seq_len: usize,
+                seed: u64,
+                _pad: i64,
+            ) -> $crate::Result<$crate::task::TrainingRow> {
+                self.$row(tokenizer, seq_len, seed)
+            }
+            )?
+        }
+    };
+}
+
+/// Registers a task: [`register!`](crate::register) with the kind `dyn Task`.
+#[macro_export]
+macro_rules! register_task {
+    ($($args:tt)*) => {
+        $crate::register!(dyn $crate::task::Task, $($args)*);
+    };
 }
 
 /// Checks a needle depth (or any position fraction) parameter lies in [0, 1].

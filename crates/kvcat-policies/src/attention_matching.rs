@@ -31,10 +31,8 @@
 //! masks `[b, kv_heads, P]`.
 
 use crate::util::{check_input, teacher_queries};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{
-    Error, MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, PolicyNeeds, Result,
-};
+use kvcat_core::registry::to_table;
+use kvcat_core::{Error, MaskPlan, MaskingPolicy, PolicyInput, PolicyNeeds, Result};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -211,8 +209,8 @@ impl MaskingPolicy for AttentionMatchingPolicy {
     }
 }
 
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let params: AttentionMatchingParams = parse_params("policy", "attention_matching", table)?;
+/// Checks the parameters and builds the policy.
+fn build(params: AttentionMatchingParams) -> Result<AttentionMatchingPolicy> {
     let bad = |field: &str, v: String| Error::Params {
         kind: "policy",
         name: "attention_matching".into(),
@@ -233,14 +231,13 @@ fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
     if !(params.ridge > 0.0 && params.ridge.is_finite()) {
         return Err(bad("ridge", format!("must be > 0, got {}", params.ridge)));
     }
-    Ok(Box::new(AttentionMatchingPolicy { params }))
+    Ok(AttentionMatchingPolicy { params })
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: "attention_matching",
-        description: "OMP selection of the prefix slots that best reproduce the continuation queries' attention mass and output (Zweiger et al. 2026)",
-        defaults: || to_table(&AttentionMatchingParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    "attention_matching",
+    "OMP selection of the prefix slots that best reproduce the continuation queries' attention mass and output (Zweiger et al. 2026)",
+    AttentionMatchingParams,
+    |params| build(params)
+);

@@ -7,10 +7,8 @@
 //! observation window.
 
 use crate::util::{check_input, continuation_attention, sum_groups, teacher_queries, topk_mask};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{
-    Error, MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, PolicyNeeds, Result,
-};
+use kvcat_core::registry::to_table;
+use kvcat_core::{Error, MaskPlan, MaskingPolicy, PolicyInput, PolicyNeeds, Result};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tch::Kind;
@@ -78,8 +76,8 @@ impl MaskingPolicy for AttnPolicy {
     }
 }
 
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let params: AttnParams = parse_params("policy", "attn", table)?;
+/// Checks the parameters and builds the policy.
+fn build(params: AttnParams) -> Result<AttnPolicy> {
     if params.query_window < 0 {
         return Err(Error::Params {
             kind: "policy",
@@ -90,14 +88,13 @@ fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
             ),
         });
     }
-    Ok(Box::new(AttnPolicy { params }))
+    Ok(AttnPolicy { params })
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: "attn",
-        description: "ATTN: keep the prefix slots with the most attention from the continuation queries",
-        defaults: || to_table(&AttnParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    "attn",
+    "ATTN: keep the prefix slots with the most attention from the continuation queries",
+    AttnParams,
+    |params| build(params)
+);

@@ -11,11 +11,9 @@
 //! `policy.safetensors`).
 
 use crate::util::check_input;
-use kvcat_core::registry::{parse_params, to_table};
+use kvcat_core::registry::to_table;
 use kvcat_core::summary::SummaryLayout;
-use kvcat_core::{
-    Error, LlamaConfig, MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, Result, SummaryPlan,
-};
+use kvcat_core::{Error, LlamaConfig, MaskPlan, MaskingPolicy, PolicyInput, Result, SummaryPlan};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tch::nn::{self, Init};
@@ -101,8 +99,8 @@ impl MaskingPolicy for GistPolicy {
     }
 }
 
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let params: GistParams = parse_params("policy", NAME, table)?;
+/// Checks the parameters and builds the policy.
+fn build(params: GistParams) -> Result<GistPolicy> {
     for (field, v) in [
         ("chunk_len", params.chunk_len),
         ("max_per_chunk", params.max_per_chunk),
@@ -115,17 +113,16 @@ fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
             });
         }
     }
-    Ok(Box::new(GistPolicy {
+    Ok(GistPolicy {
         params,
         embeddings: None,
-    }))
+    })
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: NAME,
-        description: "learned summary slots per prefix chunk (gist / Activation Beacon); the `gist` compressor replays them",
-        defaults: || to_table(&GistParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    NAME,
+    "learned summary slots per prefix chunk (gist / Activation Beacon); the `gist` compressor replays them",
+    GistParams,
+    |params| build(params)
+);

@@ -2,8 +2,8 @@
 //! same data and steps — the baseline every masked policy is compared against.
 
 use crate::util::{check_input, full_mask};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, Result};
+use kvcat_core::registry::to_table;
+use kvcat_core::{MaskPlan, MaskingPolicy, PolicyInput, Result};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
@@ -38,16 +38,15 @@ impl MaskingPolicy for NonePolicy {
     }
 }
 
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let _: NoneParams = parse_params("policy", "none", table)?;
-    Ok(Box::new(NonePolicy))
+/// Checks the parameters and builds the policy.
+fn build(_params: NoneParams) -> Result<NonePolicy> {
+    Ok(NonePolicy)
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: "none",
-        description: "no masking: plain continued pretraining (the baseline)",
-        defaults: || to_table(&NoneParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    "none",
+    "no masking: plain continued pretraining (the baseline)",
+    NoneParams,
+    |params| build(params)
+);

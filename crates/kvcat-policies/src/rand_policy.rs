@@ -3,8 +3,8 @@
 //! are reproducible and resumable.
 
 use crate::util::{check_input, topk_mask};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, Result};
+use kvcat_core::registry::to_table;
+use kvcat_core::{MaskPlan, MaskingPolicy, PolicyInput, Result};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -69,16 +69,15 @@ impl MaskingPolicy for RandPolicy {
     }
 }
 
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let params: RandParams = parse_params("policy", "rand", table)?;
-    Ok(Box::new(RandPolicy { params }))
+/// Checks the parameters and builds the policy.
+fn build(params: RandParams) -> Result<RandPolicy> {
+    Ok(RandPolicy { params })
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: "rand",
-        description: "RAND: a uniformly random subset of prefix slots per layer and KV head",
-        defaults: || to_table(&RandParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    "rand",
+    "RAND: a uniformly random subset of prefix slots per layer and KV head",
+    RandParams,
+    |params| build(params)
+);

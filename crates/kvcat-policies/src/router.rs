@@ -28,10 +28,8 @@
 //! trainer gives policies their own `VarStore` group, saved as `policy.safetensors`.
 
 use crate::util::{check_input, topk_mask};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{
-    Error, LlamaConfig, MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, PolicyNeeds, Result,
-};
+use kvcat_core::registry::to_table;
+use kvcat_core::{Error, LlamaConfig, MaskPlan, MaskingPolicy, PolicyInput, PolicyNeeds, Result};
 use rand::rngs::StdRng;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -231,8 +229,8 @@ impl MaskingPolicy for RouterPolicy {
     }
 }
 
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let params: RouterParams = parse_params("policy", "router", table)?;
+/// Checks the parameters and builds the policy.
+fn build(params: RouterParams) -> Result<RouterPolicy> {
     let bad = |field: &str, v: String| Error::Params {
         kind: "policy",
         name: "router".into(),
@@ -256,18 +254,17 @@ fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
             format!("must be >= 0, got {}", params.gumbel),
         ));
     }
-    Ok(Box::new(RouterPolicy {
+    Ok(RouterPolicy {
         params,
         layers: Vec::new(),
         last_reg: None,
-    }))
+    })
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: "router",
-        description: "learned per-layer scorer on keys or hidden states; top-b with a straight-through log-utility relaxation",
-        defaults: || to_table(&RouterParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    "router",
+    "learned per-layer scorer on keys or hidden states; top-b with a straight-through log-utility relaxation",
+    RouterParams,
+    |params| build(params)
+);

@@ -29,11 +29,11 @@
 
 use crate::util::check_input;
 use kvcat_core::compressor::build_scorer;
-use kvcat_core::registry::{parse_params, to_table};
+use kvcat_core::registry::to_table;
 use kvcat_core::selection::topk_mask;
 use kvcat_core::{
-    Budget, CompressionInput, Error, KvCache, LayerCache, MaskPlan, MaskingPolicy,
-    PolicyDescriptor, PolicyInput, PolicyNeeds, Result, Scorer,
+    Budget, CompressionInput, Error, KvCache, LayerCache, MaskPlan, MaskingPolicy, PolicyInput,
+    PolicyNeeds, Result, Scorer,
 };
 use rand::rngs::StdRng;
 use rand::Rng;
@@ -195,8 +195,8 @@ impl MaskingPolicy for ScorerPolicy {
 }
 
 /// Builds the policy: the scorer name must be registered, and its parameters must build it.
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let params: ScorerPolicyParams = parse_params("policy", "scorer", table)?;
+/// Checks the parameters and builds the policy.
+fn build(params: ScorerPolicyParams) -> Result<ScorerPolicy> {
     let scorer = build_scorer(&params.scorer, &params.params).map_err(|e| {
         let reason = match e {
             Error::UnknownName { name, known, .. } => format!(
@@ -219,14 +219,13 @@ fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
         params: scorer.params(),
         scorer: params.scorer,
     };
-    Ok(Box::new(ScorerPolicy { params, scorer }))
+    Ok(ScorerPolicy { params, scorer })
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: "scorer",
-        description: "train for an eviction compressor: keep the prefix slots a registered scorer (params.scorer, e.g. knorm, snapkv) keeps, with the compressors' own top-k",
-        defaults: || to_table(&ScorerPolicyParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    "scorer",
+    "train for an eviction compressor: keep the prefix slots a registered scorer (params.scorer, e.g. knorm, snapkv) keeps, with the compressors' own top-k",
+    ScorerPolicyParams,
+    |params| build(params)
+);

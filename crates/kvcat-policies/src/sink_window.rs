@@ -3,8 +3,8 @@
 //! "Efficient Streaming Language Models with Attention Sinks").
 
 use crate::util::check_input;
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{Error, MaskPlan, MaskingPolicy, PolicyDescriptor, PolicyInput, Result};
+use kvcat_core::registry::to_table;
+use kvcat_core::{Error, MaskPlan, MaskingPolicy, PolicyInput, Result};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -59,8 +59,8 @@ impl MaskingPolicy for SinkWindowPolicy {
     }
 }
 
-fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
-    let params: SinkWindowParams = parse_params("policy", "sink_window", table)?;
+/// Checks the parameters and builds the policy.
+fn build(params: SinkWindowParams) -> Result<SinkWindowPolicy> {
     if params.sinks < 0 {
         return Err(Error::Params {
             kind: "policy",
@@ -68,14 +68,13 @@ fn build(table: &toml::Table) -> Result<Box<dyn MaskingPolicy>> {
             reason: format!("field `sinks` must be >= 0, got {}", params.sinks),
         });
     }
-    Ok(Box::new(SinkWindowPolicy { params }))
+    Ok(SinkWindowPolicy { params })
 }
 
-inventory::submit! {
-    PolicyDescriptor {
-        name: "sink_window",
-        description: "attention sinks plus the most recent prefix slots (StreamingLLM)",
-        defaults: || to_table(&SinkWindowParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn MaskingPolicy,
+    "sink_window",
+    "attention sinks plus the most recent prefix slots (StreamingLLM)",
+    SinkWindowParams,
+    |params| build(params)
+);

@@ -96,59 +96,120 @@ impl Haystack<'_> {
         if self.units.is_empty() {
             return Err(Error::invalid("haystack has no text units"));
         }
-        let count = |s: &str| tok.encode(s).map(|v| v.len());
-        let mut fixed = count(prefix)? + count(suffix)?;
-        for n in needles {
-            fixed += count(&n.text)? + 1;
+        let mut sizing = Sizing {
+            hay: self,
+            tok,
+            target,
+            prefix,
+            suffix,
+            needles,
+            unit_tokens: vec![None; self.units.len()],
+            cum: vec![0],
+            best: None,
+        };
+        let fixed = sizing.fixed_tokens()?;
+        while fixed + sizing.haystack_tokens() < target {
+            sizing.grow()?;
         }
+        sizing.step_towards_target()?;
+        sizing.scan_around_best()?;
+        sizing.finish()
+    }
+}
+
+/// One sizing search of [`Haystack::build`]: the cumulative token counts of the haystack's
+/// first units, grown on demand, and the closest context found so far.
+struct Sizing<'s, 'h> {
+    hay: &'s Haystack<'h>,
+    tok: &'s Tokenizer,
+    target: usize,
+    prefix: &'s str,
+    suffix: &'s str,
+    needles: &'s [Needle],
+    /// Token count of each unit with a separator, computed lazily.
+    unit_tokens: Vec<Option<usize>>,
+    /// `cum[k]`: haystack tokens of the first `k` units.
+    cum: Vec<usize>,
+    /// The candidate closest to the target so far, with its distance in tokens.
+    best: Option<(usize, SizedContext)>,
+}
+
+impl Sizing<'_, '_> {
+    fn count(&self, s: &str) -> Result<usize> {
+        self.tok.encode(s).map(|v| v.len())
+    }
+
+    /// Tokens of the prefix, suffix and needles (one separator each); errors when they alone
+    /// exceed the target.
+    fn fixed_tokens(&self) -> Result<usize> {
+        let mut fixed = self.count(self.prefix)? + self.count(self.suffix)?;
+        for n in self.needles {
+            fixed += self.count(&n.text)? + 1;
+        }
+        let target = self.target;
         if fixed as f64 > target as f64 * (1.0 + LENGTH_TOLERANCE) {
             return Err(Error::invalid(format!(
                 "target length {target} tokens is too short: the instructions and needles alone \
                  take about {fixed} tokens"
             )));
         }
-        // Per-unit token counts (with a separator), computed lazily and cached per unit.
-        let mut unit_tokens: Vec<Option<usize>> = vec![None; self.units.len()];
-        let mut grow = |cum: &mut Vec<usize>| -> Result<()> {
-            let i = cum.len() - 1;
-            let u = i % self.units.len();
-            let c = match unit_tokens[u] {
-                Some(c) => c,
-                None => {
-                    let c = count(&format!("{}{}", self.separator, self.units[u]))?;
-                    unit_tokens[u] = Some(c);
-                    c
-                }
-            };
-            cum.push(cum[i] + c);
-            Ok(())
+        Ok(fixed)
+    }
+
+    /// Haystack tokens of every unit counted so far.
+    fn haystack_tokens(&self) -> usize {
+        self.cum[self.cum.len() - 1]
+    }
+
+    /// Counts one more unit.
+    fn grow(&mut self) -> Result<()> {
+        let i = self.cum.len() - 1;
+        let u = i % self.hay.units.len();
+        let c = match self.unit_tokens[u] {
+            Some(c) => c,
+            None => {
+                let c = self.count(&format!("{}{}", self.hay.separator, self.hay.units[u]))?;
+                self.unit_tokens[u] = Some(c);
+                c
+            }
         };
-        let mut cum = vec![0usize];
-        while fixed + cum[cum.len() - 1] < target {
-            grow(&mut cum)?;
+        self.cum.push(self.cum[i] + c);
+        Ok(())
+    }
+
+    /// Assembles and tokenizes the context of `k` units, keeps it when it is the closest so
+    /// far, and returns its length in tokens.
+    fn try_units(&mut self, k: usize) -> Result<usize> {
+        while self.cum.len() <= k {
+            self.grow()?;
         }
-        let mean_unit = (cum[cum.len() - 1] as f64 / (cum.len() - 1).max(1) as f64).max(1.0);
-        let mut k = cum.len() - 1;
-        let mut best: Option<(usize, SizedContext)> = None;
+        let (text, depths) =
+            self.hay
+                .assemble(k, &self.cum, self.prefix, self.suffix, self.needles);
+        let tokens = self.count(&text)?;
+        let err = tokens.abs_diff(self.target);
+        if self.best.as_ref().is_none_or(|(e, _)| err < *e) {
+            let sized = SizedContext {
+                text,
+                tokens,
+                depths,
+                units: k,
+            };
+            self.best = Some((err, sized));
+        }
+        Ok(tokens)
+    }
+
+    /// Up to 8 steps from the counted units towards the target, each by the missing tokens
+    /// over the mean unit length.
+    fn step_towards_target(&mut self) -> Result<()> {
+        let target = self.target;
+        let counted = self.cum.len() - 1;
+        let mean_unit = (self.haystack_tokens() as f64 / counted.max(1) as f64).max(1.0);
+        let mut k = counted;
         for _ in 0..8 {
-            while cum.len() <= k {
-                grow(&mut cum)?;
-            }
-            let (text, depths) = self.assemble(k, &cum, prefix, suffix, needles);
-            let tokens = count(&text)?;
-            let err = tokens.abs_diff(target);
-            if best.as_ref().is_none_or(|(e, _)| err < *e) {
-                best = Some((
-                    err,
-                    SizedContext {
-                        text,
-                        tokens,
-                        depths,
-                        units: k,
-                    },
-                ));
-            }
-            if err == 0 {
+            let tokens = self.try_units(k)?;
+            if tokens == target {
                 break;
             }
             let step = ((target as f64 - tokens as f64) / mean_unit).round() as i64;
@@ -163,32 +224,29 @@ impl Haystack<'_> {
             }
             k = next;
         }
-        // Unit lengths vary: scan the neighbourhood of the best count too.
-        if let Some((err, b)) = &best {
-            if *err as f64 > target as f64 * LENGTH_TOLERANCE / 2.0 {
-                let center = b.units;
-                for k in center.saturating_sub(6)..=center + 6 {
-                    while cum.len() <= k {
-                        grow(&mut cum)?;
-                    }
-                    let (text, depths) = self.assemble(k, &cum, prefix, suffix, needles);
-                    let tokens = count(&text)?;
-                    let e = tokens.abs_diff(target);
-                    if best.as_ref().is_none_or(|(be, _)| e < *be) {
-                        best = Some((
-                            e,
-                            SizedContext {
-                                text,
-                                tokens,
-                                depths,
-                                units: k,
-                            },
-                        ));
-                    }
-                }
-            }
+        Ok(())
+    }
+
+    /// Unit lengths vary: when the best is off by more than half the tolerance, scans the six
+    /// unit counts on either side of it too.
+    fn scan_around_best(&mut self) -> Result<()> {
+        let half_tolerance = self.target as f64 * LENGTH_TOLERANCE / 2.0;
+        let center = match &self.best {
+            Some((err, b)) if *err as f64 > half_tolerance => b.units,
+            _ => return Ok(()),
+        };
+        for k in center.saturating_sub(6)..=center + 6 {
+            self.try_units(k)?;
         }
-        let (err, sized) = best.ok_or_else(|| Error::invalid("haystack sizing failed"))?;
+        Ok(())
+    }
+
+    /// The closest context, or an error when it misses the target by more than the tolerance.
+    fn finish(self) -> Result<SizedContext> {
+        let target = self.target;
+        let (err, sized) = self
+            .best
+            .ok_or_else(|| Error::invalid("haystack sizing failed"))?;
         if err as f64 > target as f64 * LENGTH_TOLERANCE {
             return Err(Error::invalid(format!(
                 "cannot size the context to {target} tokens (±5%): the closest has {} tokens",

@@ -8,6 +8,37 @@
 //! Every task is sized by a target context length in tokens, seeded, and builds its examples
 //! one at a time from `(seed, index)`, so the first `n` examples do not depend on `n`.
 
+/// Declares a [`Choice`] enum for a task parameter: each variant with its config name, serde
+/// (de)serialisation by that name, and a parse error naming the allowed values.
+macro_rules! choice_enum {
+    ($(#[$meta:meta])* pub enum $ty:ident {
+        $($(#[$vmeta:meta])* $variant:ident = $name:literal),+ $(,)?
+    }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+        #[serde(try_from = "String")]
+        pub enum $ty {
+            $($(#[$vmeta])* #[serde(rename = $name)] $variant),+
+        }
+
+        impl $crate::tasks::Choice for $ty {
+            const ALL: &'static [Self] = &[$($ty::$variant),+];
+            fn name(self) -> &'static str {
+                match self {
+                    $($ty::$variant => $name),+
+                }
+            }
+        }
+
+        impl TryFrom<String> for $ty {
+            type Error = String;
+            fn try_from(s: String) -> std::result::Result<Self, String> {
+                $crate::tasks::parse_choice(&s)
+            }
+        }
+    };
+}
+
 pub mod haystack;
 pub mod mqar;
 pub mod niah;
@@ -47,6 +78,28 @@ pub fn check_len(task: &str, len: usize) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// A closed set of named choices for a task parameter (`haystack = "essay"`), parsed with
+/// [`parse_choice`].
+pub trait Choice: Copy + 'static {
+    /// Every choice, in the order errors list them.
+    const ALL: &'static [Self];
+    /// The name in configs and result rows.
+    fn name(self) -> &'static str;
+}
+
+/// The choice named `s`, or an error listing the allowed names (serde adds the field:
+/// ``field `haystack`: "novel"; allowed: essay, repeat, needle``).
+pub fn parse_choice<C: Choice>(s: &str) -> std::result::Result<C, String> {
+    C::ALL
+        .iter()
+        .copied()
+        .find(|c| c.name() == s)
+        .ok_or_else(|| {
+            let allowed: Vec<&str> = C::ALL.iter().map(|c| c.name()).collect();
+            format!("\"{s}\"; allowed: {}", allowed.join(", "))
+        })
 }
 
 /// The project's asset directory: `$KVCAT_ASSETS`, else `./assets` when it exists, else the

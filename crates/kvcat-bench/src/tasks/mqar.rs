@@ -13,14 +13,13 @@
 //! - `lines`: `<key>: <value>` with random lower-case keys of `key_len` letters and numbers of
 //!   `value_digits` digits (several tokens each).
 //!
-//! For training, [`Task::training_row`] renders a dense row as Zoology does: a random number
+//! For training, [`kvcat_core::task::Task::training_row`] renders a dense row as Zoology does: a random number
 //! of pairs followed by queries that fill the row, in exactly the text evaluation feeds, and
 //! scores only the queries' values (the retrievable tokens).
 
 use super::haystack::{Haystack, Needle};
 use super::{check_len, example_rng, swept_depth, words};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::task::{check_depth, Context, Example, Metric, Task, TaskDescriptor, TrainingRow};
+use kvcat_core::task::{check_depth, Context, Example, Metric, TrainingRow};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::rngs::StdRng;
 use rand::seq::index::sample;
@@ -348,43 +347,10 @@ impl Mqar {
     }
 }
 
-impl Task for Mqar {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn params(&self) -> toml::Table {
-        to_table(&self.p)
-    }
-    fn target_len(&self) -> Option<usize> {
-        Some(self.p.context_len)
-    }
-    fn examples(&self, tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<Example>> {
-        (0..n).map(|i| self.example(tok, seed, i)).collect()
-    }
-    fn training_row(
-        &self,
-        tok: &Tokenizer,
-        seq_len: usize,
-        seed: u64,
-        _pad: i64,
-    ) -> Result<TrainingRow> {
-        self.dense_row(tok, seq_len, seed)
-    }
-}
-
-fn defaults() -> toml::Table {
-    to_table(&MqarParams::default())
-}
-
-fn build(t: &toml::Table) -> Result<Box<dyn Task>> {
-    Ok(Box::new(Mqar::new(parse_params("task", NAME, t)?)?))
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: NAME,
-        description: "multi-query associative recall (Arora et al. 2023): token-level word pairs, or key: value lines",
-        defaults,
-        build,
-    }
-}
+kvcat_core::task!(
+    Mqar(MqarParams),
+    NAME,
+    "multi-query associative recall (Arora et al. 2023): token-level word pairs, or key: value lines",
+    target_len: |p| p.context_len,
+    training_row: dense_row,
+);

@@ -9,13 +9,13 @@
 
 use super::haystack::{filler_units, sentences, split_long, Haystack, Needle};
 use super::words;
-use super::{check_len, data_file, example_rng, read_essays, swept_depth, ESSAYS};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::task::{check_depth, Context, Example, Metric, Task, TaskDescriptor};
+use super::{check_len, data_file, example_rng, read_essays, swept_depth, Choice, ESSAYS};
+use kvcat_core::task::{check_depth, Context, Example, Metric};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 
 /// Parameters of the needle tasks (defaults differ per variant).
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -26,12 +26,12 @@ pub struct NiahParams {
     /// Depth in [0, 1] of the first queried key's needle(s) over the haystack; other needles
     /// go to seeded random depths. Absent sweeps 0, 0.1, …, 1 across examples.
     pub depth: Option<f64>,
-    /// `essay`, `repeat` or `needle`.
-    pub haystack: String,
-    /// `words`, `numbers` or `uuids`.
-    pub key_type: String,
-    /// `numbers`, `words` or `uuids`.
-    pub value_type: String,
+    /// What fills the haystack.
+    pub haystack: HaystackKind,
+    /// What the keys are.
+    pub key_type: ItemKind,
+    /// What the values are.
+    pub value_type: ItemKind,
     /// Keys hidden (RULER's `num_needle_k`; raised to `num_queries` when smaller).
     pub num_keys: usize,
     /// Values per key (`num_needle_v`).
@@ -46,6 +46,39 @@ pub struct NiahParams {
 impl Default for NiahParams {
     fn default() -> Self {
         Variant::Single.defaults()
+    }
+}
+
+choice_enum! {
+    /// What fills a needle task's haystack.
+    pub enum HaystackKind {
+        /// Paul Graham essay sentences.
+        Essay = "essay",
+        /// The repeated passkey filler.
+        Repeat = "repeat",
+        /// Distractor needles with other keys, one per line.
+        Needle = "needle",
+    }
+}
+
+choice_enum! {
+    /// What a needle's keys or values are; the name is also the plural noun in the prompt
+    /// ("special magic numbers").
+    pub enum ItemKind {
+        Words = "words",
+        Numbers = "numbers",
+        Uuids = "uuids",
+    }
+}
+
+impl ItemKind {
+    /// One random item of this kind.
+    fn draw(self, rng: &mut impl Rng) -> String {
+        match self {
+            ItemKind::Numbers => words::number(rng, 7),
+            ItemKind::Uuids => words::uuid(rng),
+            ItemKind::Words => words::word(rng),
+        }
     }
 }
 
@@ -68,17 +101,17 @@ impl Variant {
     }
     fn defaults(self) -> NiahParams {
         let (haystack, k, v, q, gen) = match self {
-            Variant::Single => ("repeat", 1, 1, 1, 32),
-            Variant::MultiKey => ("essay", 4, 1, 1, 32),
-            Variant::MultiValue => ("essay", 1, 4, 1, 64),
-            Variant::MultiQuery => ("essay", 4, 1, 4, 64),
+            Variant::Single => (HaystackKind::Repeat, 1, 1, 1, 32),
+            Variant::MultiKey => (HaystackKind::Essay, 4, 1, 1, 32),
+            Variant::MultiValue => (HaystackKind::Essay, 1, 4, 1, 64),
+            Variant::MultiQuery => (HaystackKind::Essay, 4, 1, 4, 64),
         };
         NiahParams {
             context_len: 1024,
             depth: None,
-            haystack: haystack.into(),
-            key_type: "words".into(),
-            value_type: "numbers".into(),
+            haystack,
+            key_type: ItemKind::Words,
+            value_type: ItemKind::Numbers,
             num_keys: k,
             num_values: v,
             num_queries: q,
@@ -104,17 +137,6 @@ fn bad(name: &str, reason: String) -> Error {
     }
 }
 
-fn check_choice(name: &str, field: &str, value: &str, allowed: &[&str]) -> Result<()> {
-    if allowed.contains(&value) {
-        Ok(())
-    } else {
-        Err(bad(
-            name,
-            format!("`{field}` = \"{value}\"; allowed: {}", allowed.join(", ")),
-        ))
-    }
-}
-
 impl Niah {
     fn new(variant: Variant, mut p: NiahParams) -> Result<Self> {
         let name = variant.name();
@@ -122,24 +144,6 @@ impl Niah {
         if let Some(d) = p.depth {
             check_depth(name, "depth", d)?;
         }
-        check_choice(
-            name,
-            "haystack",
-            &p.haystack,
-            &["essay", "repeat", "needle"],
-        )?;
-        check_choice(
-            name,
-            "key_type",
-            &p.key_type,
-            &["words", "numbers", "uuids"],
-        )?;
-        check_choice(
-            name,
-            "value_type",
-            &p.value_type,
-            &["numbers", "words", "uuids"],
-        )?;
         if p.num_keys == 0 || p.num_values == 0 || p.num_queries == 0 {
             return Err(bad(
                 name,
@@ -147,7 +151,7 @@ impl Niah {
             ));
         }
         p.num_keys = p.num_keys.max(p.num_queries);
-        let essay = if p.haystack == "essay" {
+        let essay = if p.haystack == HaystackKind::Essay {
             let path = data_file(name, "essays", &p.essays, ESSAYS)?;
             split_long(sentences(&read_essays(&path)?), 16)
         } else {
@@ -156,112 +160,35 @@ impl Niah {
         Ok(Niah { name, p, essay })
     }
 
-    fn draw(rng: &mut impl Rng, kind: &str) -> String {
-        match kind {
-            "numbers" => words::number(rng, 7),
-            "uuids" => words::uuid(rng),
-            _ => words::word(rng),
-        }
-    }
-
     /// Example `index` under `seed`.
     pub fn example(&self, tok: &Tokenizer, seed: u64, index: usize) -> Result<Example> {
         let p = &self.p;
         let mut rng = example_rng(seed, index);
-        let keys = words::distinct(p.num_keys, || Self::draw(&mut rng, &p.key_type));
-        let values = words::distinct(p.num_keys * p.num_values, || {
-            Self::draw(&mut rng, &p.value_type)
-        });
+        let keys = words::distinct(p.num_keys, || p.key_type.draw(&mut rng));
+        let values = words::distinct(p.num_keys * p.num_values, || p.value_type.draw(&mut rng));
         let mut order: Vec<usize> = (0..p.num_keys).collect();
         order.shuffle(&mut rng);
         let queried = &order[..p.num_queries];
         let first_depth = p.depth.unwrap_or_else(|| swept_depth(index));
-        let singular = p.num_queries * p.num_values == 1;
-        let type_v = if singular {
-            p.value_type.trim_end_matches('s').to_string()
-        } else {
-            p.value_type.clone()
-        };
-        let mut needles = Vec::new();
-        for (k, key) in keys.iter().enumerate() {
-            for v in 0..p.num_values {
-                let depth = if k == queried[0] {
-                    first_depth
-                } else {
-                    // RULER's 40-point depth grid.
-                    (rng.random_range(0..40) as f64 / 39.0 * 100.0).round() / 100.0
-                };
-                needles.push(Needle {
-                    text: format!(
-                        "One of the special magic {} for {key} is: {}.",
-                        p.value_type,
-                        values[k * p.num_values + v]
-                    ),
-                    depth,
-                });
-            }
-        }
+        let needles = self.needles(&keys, &values, queried[0], first_depth, &mut rng);
         let answers: Vec<String> = queried
             .iter()
             .flat_map(|&k| values[k * p.num_values..(k + 1) * p.num_values].to_vec())
             .collect();
         let qkeys: Vec<&str> = queried.iter().map(|&k| keys[k].as_str()).collect();
-        let query = match qkeys.len() {
-            1 => qkeys[0].to_string(),
-            n => format!("{}, and {}", qkeys[..n - 1].join(", "), qkeys[n - 1]),
+        let (units, separator) = self.haystack_units(&mut rng);
+        let prompt = Prompt::new(p, &qkeys);
+        let hay = Haystack {
+            units: &units,
+            separator,
         };
-        let distractors: Vec<String>;
-        let (units, separator) = match p.haystack.as_str() {
-            "essay" => (&self.essay, " "),
-            "needle" => {
-                let n = p.context_len / 8 + 16;
-                distractors = (0..n)
-                    .map(|_| {
-                        format!(
-                            "One of the special magic {} for {} is: {}.",
-                            p.value_type,
-                            Self::draw(&mut rng, &p.key_type),
-                            Self::draw(&mut rng, &p.value_type)
-                        )
-                    })
-                    .collect();
-                (&distractors, "\n")
-            }
-            _ => {
-                distractors = filler_units();
-                (&distractors, " ")
-            }
-        };
-        let prefix = if singular {
-            format!(
-                "A special magic {type_v} is hidden within the following text. Make sure to \
-                 memorize it. I will quiz you about the {type_v} afterwards.\n"
-            )
-        } else {
-            format!(
-                "Some special magic {type_v} are hidden within the following text. Make sure to \
-                 memorize it. I will quiz you about the {type_v} afterwards.\n"
-            )
-        };
-        let (question, answer_prefix) = if singular {
-            (
-                format!("\nWhat is the special magic {type_v} for {query} mentioned in the provided text?"),
-                format!(" The special magic {type_v} for {query} mentioned in the provided text is"),
-            )
-        } else {
-            (
-                format!("\nWhat are all the special magic {type_v} for {query} mentioned in the provided text?"),
-                format!(" The special magic {type_v} for {query} mentioned in the provided text are"),
-            )
-        };
-        let hay = Haystack { units, separator };
-        let sized = hay.build(tok, p.context_len, &prefix, "", &needles)?;
+        let sized = hay.build(tok, p.context_len, &prompt.prefix, "", &needles)?;
         let first = queried[0] * p.num_values;
         Ok(Example {
             id: format!("{}-{index}", self.name),
             context: Context::Text(sized.text),
-            question,
-            answer_prefix,
+            question: prompt.question,
+            answer_prefix: prompt.answer_prefix,
             answers,
             metric: Metric::StringMatchAll,
             max_new_tokens: p.max_new_tokens,
@@ -269,66 +196,128 @@ impl Niah {
             depth: sized.depths.get(first).copied(),
         })
     }
-}
 
-impl Task for Niah {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn params(&self) -> toml::Table {
-        to_table(&self.p)
-    }
-    fn target_len(&self) -> Option<usize> {
-        Some(self.p.context_len)
-    }
-    fn examples(&self, tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<Example>> {
-        (0..n).map(|i| self.example(tok, seed, i)).collect()
-    }
-}
-
-macro_rules! register {
-    ($variant:expr, $defaults:ident, $build:ident, $desc:literal) => {
-        fn $defaults() -> toml::Table {
-            to_table(&$variant.defaults())
-        }
-        fn $build(t: &toml::Table) -> Result<Box<dyn Task>> {
-            let mut table = to_table(&$variant.defaults());
-            table.extend(t.clone());
-            let p: NiahParams = parse_params("task", $variant.name(), &table)?;
-            Ok(Box::new(Niah::new($variant, p)?))
-        }
-        inventory::submit! {
-            TaskDescriptor {
-                name: $variant.name(),
-                description: $desc,
-                defaults: $defaults,
-                build: $build,
+    /// The `num_values` needles of every key, in key order: the first queried key's at
+    /// `first_depth`, the others at seeded depths on RULER's 40-point grid.
+    fn needles(
+        &self,
+        keys: &[String],
+        values: &[String],
+        first_queried: usize,
+        first_depth: f64,
+        rng: &mut impl Rng,
+    ) -> Vec<Needle> {
+        let p = &self.p;
+        let mut needles = Vec::with_capacity(keys.len() * p.num_values);
+        for (k, key) in keys.iter().enumerate() {
+            for v in 0..p.num_values {
+                let depth = if k == first_queried {
+                    first_depth
+                } else {
+                    (rng.random_range(0..40) as f64 / 39.0 * 100.0).round() / 100.0
+                };
+                needles.push(Needle {
+                    text: format!(
+                        "One of the special magic {} for {key} is: {}.",
+                        p.value_type.name(),
+                        values[k * p.num_values + v]
+                    ),
+                    depth,
+                });
             }
         }
+        needles
+    }
+
+    /// The haystack's units and separator: the essay sentences, `context_len / 8 + 16` seeded
+    /// distractor needles (one per line), or the repeated filler.
+    fn haystack_units(&self, rng: &mut impl Rng) -> (Cow<'_, [String]>, &'static str) {
+        let p = &self.p;
+        match p.haystack {
+            HaystackKind::Essay => (Cow::Borrowed(&self.essay[..]), " "),
+            HaystackKind::Needle => {
+                let n = p.context_len / 8 + 16;
+                let distractors = (0..n)
+                    .map(|_| {
+                        format!(
+                            "One of the special magic {} for {} is: {}.",
+                            p.value_type.name(),
+                            p.key_type.draw(rng),
+                            p.value_type.draw(rng)
+                        )
+                    })
+                    .collect();
+                (Cow::Owned(distractors), "\n")
+            }
+            HaystackKind::Repeat => (Cow::Owned(filler_units()), " "),
+        }
+    }
+}
+
+/// RULER's `niah` prompt: the instruction before the haystack, and the question and answer
+/// prefix after it.
+struct Prompt {
+    prefix: String,
+    question: String,
+    answer_prefix: String,
+}
+
+impl Prompt {
+    /// The prompt asking for the values of `keys` (singular when one value is asked for).
+    fn new(p: &NiahParams, keys: &[&str]) -> Prompt {
+        let query = match keys.len() {
+            1 => keys[0].to_string(),
+            n => format!("{}, and {}", keys[..n - 1].join(", "), keys[n - 1]),
+        };
+        let noun = p.value_type.name();
+        let (type_v, article, verb, what) = if p.num_queries * p.num_values == 1 {
+            (noun.trim_end_matches('s'), "A", "is", "What is")
+        } else {
+            (noun, "Some", "are", "What are all")
+        };
+        Prompt {
+            prefix: format!(
+                "{article} special magic {type_v} {verb} hidden within the following text. Make \
+                 sure to memorize it. I will quiz you about the {type_v} afterwards.\n"
+            ),
+            question: format!(
+                "\n{what} the special magic {type_v} for {query} mentioned in the provided text?"
+            ),
+            answer_prefix: format!(
+                " The special magic {type_v} for {query} mentioned in the provided text {verb}"
+            ),
+        }
+    }
+}
+
+kvcat_core::task!(@impl Niah, name: |s| s.name, target_len: |p| p.context_len);
+
+/// Registers one needle variant under its name, with its own defaults.
+macro_rules! register_variant {
+    ($variant:expr, $desc:literal) => {
+        kvcat_core::register_task!(
+            $variant.name(),
+            $desc,
+            defaults: $variant.defaults(),
+            NiahParams,
+            |p| Niah::new($variant, p)
+        );
     };
 }
 
-register!(
+register_variant!(
     Variant::Single,
-    single_defaults,
-    single_build,
     "RULER niah_single: one magic number for one key (Hsieh et al. 2024)"
 );
-register!(
+register_variant!(
     Variant::MultiKey,
-    multikey_defaults,
-    multikey_build,
     "RULER niah_multikey: one queried key among distractor keys"
 );
-register!(
+register_variant!(
     Variant::MultiValue,
-    multivalue_defaults,
-    multivalue_build,
     "RULER niah_multivalue: all values of one key"
 );
-register!(
+register_variant!(
     Variant::MultiQuery,
-    multiquery_defaults,
-    multiquery_build,
     "RULER niah_multiquery: the values of several keys"
 );

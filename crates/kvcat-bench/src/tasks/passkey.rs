@@ -4,8 +4,7 @@
 
 use super::haystack::{filler_units, Haystack, Needle};
 use super::{check_len, example_rng, swept_depth};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::task::{check_depth, Context, Example, Metric, Task, TaskDescriptor};
+use kvcat_core::task::{check_depth, Context, Example, Metric};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -89,34 +88,9 @@ impl Passkey {
     }
 }
 
-impl Task for Passkey {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn params(&self) -> toml::Table {
-        to_table(&self.p)
-    }
-    fn target_len(&self) -> Option<usize> {
-        Some(self.p.context_len)
-    }
-    fn examples(&self, tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<Example>> {
-        (0..n).map(|i| self.example(tok, seed, i)).collect()
-    }
-}
-
-fn defaults() -> toml::Table {
-    to_table(&PasskeyParams::default())
-}
-
-fn build(t: &toml::Table) -> Result<Box<dyn Task>> {
-    Ok(Box::new(Passkey::new(parse_params("task", NAME, t)?)?))
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: NAME,
-        description: "passkey retrieval in repeated filler (Mohtashami & Jaggi 2023)",
-        defaults,
-        build,
-    }
-}
+kvcat_core::task!(
+    Passkey(PasskeyParams),
+    NAME,
+    "passkey retrieval in repeated filler (Mohtashami & Jaggi 2023)",
+    target_len: |p| p.context_len,
+);

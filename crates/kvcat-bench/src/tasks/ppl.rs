@@ -14,8 +14,7 @@
 //! read in name order).
 
 use super::{assets_dir, data_file, example_rng, read_essays, read_text, ESSAYS};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::task::{Context, Example, Metric, Task, TaskDescriptor};
+use kvcat_core::task::{Context, Example, Metric};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -219,36 +218,9 @@ impl PplContinuation {
     }
 }
 
-impl Task for PplContinuation {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn params(&self) -> toml::Table {
-        to_table(&self.p)
-    }
-    fn target_len(&self) -> Option<usize> {
-        Some(self.p.prefix_len + self.p.continuation_len)
-    }
-    fn examples(&self, tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<Example>> {
-        (0..n).map(|i| self.example(tok, seed, i)).collect()
-    }
-}
-
-fn defaults() -> toml::Table {
-    to_table(&PplParams::default())
-}
-
-fn build(t: &toml::Table) -> Result<Box<dyn Task>> {
-    Ok(Box::new(PplContinuation::new(parse_params(
-        "task", NAME, t,
-    )?)?))
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: NAME,
-        description: "NLL/PPL of a real-text continuation after a compressed prefix, with the uncompressed baseline",
-        defaults,
-        build,
-    }
-}
+kvcat_core::task!(
+    PplContinuation(PplParams),
+    NAME,
+    "NLL/PPL of a real-text continuation after a compressed prefix, with the uncompressed baseline",
+    target_len: |p| p.prefix_len + p.continuation_len,
+);

@@ -6,8 +6,8 @@
 //! `Document i:`. Metric: `string_match_part`.
 
 use super::{check_len, data_file, example_rng, read_text};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::task::{check_depth, Context, Example, Metric, Task, TaskDescriptor};
+use kvcat_core::registry::parse_params;
+use kvcat_core::task::{check_depth, Context, Example, Metric};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::seq::SliceRandom;
 use rand::Rng;
@@ -226,70 +226,11 @@ impl QaTask {
         let target = p.context_len;
         let mut rng = example_rng(seed, index);
         let qa = &self.data.qas[rng.random_range(0..self.data.qas.len())];
-        let count = |s: &str| tok.encode(s).map(|v| v.len());
-        let doc_tokens = |d: usize| count(&format!("Document 00:\n{}\n\n", self.data.docs[d]));
-        let mut used: Vec<usize> = qa.gold.clone();
-        let mut total = count(PREFIX)?;
-        for &g in &qa.gold {
-            total += doc_tokens(g)?;
-        }
-        if total as f64 > target as f64 * 1.05 {
-            return Err(Error::invalid(format!(
-                "task `{}`: the gold paragraph(s) of question {} alone take {total} tokens, \
-                 more than context_len = {target}",
-                self.name, qa.id
-            )));
-        }
-        // Distractor candidates: the near ones first (shuffled), then random others.
-        let mut near = qa.near.clone();
-        near.shuffle(&mut rng);
-        let mut distractors: Vec<usize> = Vec::new();
-        let mut pool = near.into_iter();
-        let mut tries = 0;
-        while total < target && tries < 10_000 {
-            tries += 1;
-            let d = match pool.next() {
-                Some(d) => d,
-                None => rng.random_range(0..self.data.docs.len()),
-            };
-            let room = target.saturating_sub(total);
-            if room <= target / 25 {
-                break;
-            }
-            // A cheap lower bound on the token count (no token spans 12 characters on
-            // average) skips hopeless candidates without tokenizing them.
-            let slack = target / 40;
-            if used.contains(&d) || self.data.docs[d].len() / 12 > room + slack {
-                continue;
-            }
-            let t = doc_tokens(d)?;
-            if t > room + slack {
-                continue;
-            }
-            used.push(d);
-            distractors.push(d);
-            total += t;
-        }
-        // Place the gold paragraph(s) among the distractors.
-        let slots = distractors.len() + 1;
-        let first = match p.depth {
-            Some(d) => (d * (slots - 1) as f64).round() as usize,
-            None => rng.random_range(0..slots),
-        };
-        let mut docs = distractors;
-        let mut gold_at = Vec::new();
-        for (j, &g) in qa.gold.iter().enumerate() {
-            let at = if j == 0 {
-                first
-            } else {
-                rng.random_range(0..=docs.len())
-            };
-            let at = at.min(docs.len());
-            docs.insert(at, g);
-            gold_at.push(at);
-        }
+        let gold_total = self.gold_tokens(tok, qa)?;
+        let distractors = self.distractors(tok, qa, gold_total, &mut rng)?;
+        let docs = self.place_gold(qa, distractors, &mut rng);
         let text = self.render(&docs);
-        let n = count(&text)?;
+        let n = tok.encode(&text)?.len();
         if (n as f64 - target as f64).abs() > target as f64 * 0.05 {
             return Err(Error::invalid(format!(
                 "task `{}`: cannot pad question {} to {target} tokens (±5%): got {n}",
@@ -318,6 +259,95 @@ impl QaTask {
         })
     }
 
+    /// Tokens of document `d` as rendered (with a two-digit number and its separator).
+    fn doc_tokens(&self, tok: &Tokenizer, d: usize) -> Result<usize> {
+        let text = format!("Document 00:\n{}\n\n", self.data.docs[d]);
+        Ok(tok.encode(&text)?.len())
+    }
+
+    /// Tokens of the prefix and the gold paragraph(s); errors when they alone exceed the
+    /// target length.
+    fn gold_tokens(&self, tok: &Tokenizer, qa: &Qa) -> Result<usize> {
+        let target = self.p.context_len;
+        let mut total = tok.encode(PREFIX)?.len();
+        for &g in &qa.gold {
+            total += self.doc_tokens(tok, g)?;
+        }
+        if total as f64 > target as f64 * 1.05 {
+            return Err(Error::invalid(format!(
+                "task `{}`: the gold paragraph(s) of question {} alone take {total} tokens, \
+                 more than context_len = {target}",
+                self.name, qa.id
+            )));
+        }
+        Ok(total)
+    }
+
+    /// Distractor documents that fill the context from `total` tokens towards the target: the
+    /// question's near ones first (shuffled), then random others, skipping documents too long
+    /// for the room left.
+    fn distractors(
+        &self,
+        tok: &Tokenizer,
+        qa: &Qa,
+        mut total: usize,
+        rng: &mut impl Rng,
+    ) -> Result<Vec<usize>> {
+        let target = self.p.context_len;
+        let mut near = qa.near.clone();
+        near.shuffle(rng);
+        let mut distractors: Vec<usize> = Vec::new();
+        let mut pool = near.into_iter();
+        let mut tries = 0;
+        while total < target && tries < 10_000 {
+            tries += 1;
+            let d = match pool.next() {
+                Some(d) => d,
+                None => rng.random_range(0..self.data.docs.len()),
+            };
+            let room = target.saturating_sub(total);
+            if room <= target / 25 {
+                break;
+            }
+            // A cheap lower bound on the token count (no token spans 12 characters on
+            // average) skips hopeless candidates without tokenizing them.
+            let slack = target / 40;
+            if qa.gold.contains(&d)
+                || distractors.contains(&d)
+                || self.data.docs[d].len() / 12 > room + slack
+            {
+                continue;
+            }
+            let t = self.doc_tokens(tok, d)?;
+            if t > room + slack {
+                continue;
+            }
+            distractors.push(d);
+            total += t;
+        }
+        Ok(distractors)
+    }
+
+    /// Inserts the gold paragraph(s) among the distractors: the first at the configured depth
+    /// (or a seeded slot), the others at seeded positions.
+    fn place_gold(&self, qa: &Qa, distractors: Vec<usize>, rng: &mut impl Rng) -> Vec<usize> {
+        let slots = distractors.len() + 1;
+        let first = match self.p.depth {
+            Some(d) => (d * (slots - 1) as f64).round() as usize,
+            None => rng.random_range(0..slots),
+        };
+        let mut docs = distractors;
+        for (j, &g) in qa.gold.iter().enumerate() {
+            let at = if j == 0 {
+                first
+            } else {
+                rng.random_range(0..=docs.len())
+            };
+            docs.insert(at.min(docs.len()), g);
+        }
+        docs
+    }
+
     /// The gold paragraph texts of the question an example was built from (for tests).
     pub fn gold_paragraphs(&self, id: &str) -> Vec<&str> {
         self.data
@@ -329,20 +359,7 @@ impl QaTask {
     }
 }
 
-impl Task for QaTask {
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn params(&self) -> toml::Table {
-        to_table(&self.p)
-    }
-    fn target_len(&self) -> Option<usize> {
-        Some(self.p.context_len)
-    }
-    fn examples(&self, tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<Example>> {
-        (0..n).map(|i| self.example(tok, seed, i)).collect()
-    }
-}
+kvcat_core::task!(@impl QaTask, name: |s| s.name, target_len: |p| p.context_len);
 
 /// Builds `qa_squad` directly (for callers that need [`QaTask::gold_paragraphs`]).
 pub fn squad(t: &toml::Table) -> Result<QaTask> {
@@ -354,32 +371,15 @@ pub fn hotpot(t: &toml::Table) -> Result<QaTask> {
     QaTask::new("qa_hotpot", parse_params("task", "qa_hotpot", t)?, true)
 }
 
-fn defaults() -> toml::Table {
-    to_table(&QaParams::default())
-}
-
-fn build_squad(t: &toml::Table) -> Result<Box<dyn Task>> {
-    Ok(Box::new(squad(t)?))
-}
-
-fn build_hotpot(t: &toml::Table) -> Result<Box<dyn Task>> {
-    Ok(Box::new(hotpot(t)?))
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: "qa_squad",
-        description: "SQuAD v2 dev (answerable) gold paragraph padded with distractors (RULER qa_1)",
-        defaults,
-        build: build_squad,
-    }
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: "qa_hotpot",
-        description: "HotpotQA dev gold paragraphs padded with distractors (RULER qa_2)",
-        defaults,
-        build: build_hotpot,
-    }
-}
+kvcat_core::register_task!(
+    "qa_squad",
+    "SQuAD v2 dev (answerable) gold paragraph padded with distractors (RULER qa_1)",
+    QaParams,
+    |p| QaTask::new("qa_squad", p, false)
+);
+kvcat_core::register_task!(
+    "qa_hotpot",
+    "HotpotQA dev gold paragraphs padded with distractors (RULER qa_2)",
+    QaParams,
+    |p| QaTask::new("qa_hotpot", p, true)
+);

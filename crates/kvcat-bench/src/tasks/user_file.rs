@@ -9,8 +9,8 @@
 //! context is used as given (no length target), and the evaluator checks it fits the model.
 
 use super::{example_rng, read_text};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::task::{Context, Example, Metric, Task, TaskDescriptor};
+use kvcat_core::registry::to_table;
+use kvcat_core::task::{Context, Example, Metric, Task};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
@@ -261,34 +261,15 @@ impl Task for UserFile {
     }
 }
 
-fn defaults() -> toml::Table {
-    to_table(&JsonlParams::default())
-}
-
-fn build_jsonl(t: &toml::Table) -> Result<Box<dyn Task>> {
-    let p = parse_params("task", "jsonl", t)?;
-    Ok(Box::new(UserFile::new(p, FileFormat::Jsonl)?))
-}
-
-fn build_parquet(t: &toml::Table) -> Result<Box<dyn Task>> {
-    let p = parse_params("task", "parquet", t)?;
-    Ok(Box::new(UserFile::new(p, FileFormat::Parquet)?))
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: "jsonl",
-        description: "a user JSONL file in kvpress columns (context, question, answer_prefix, answer, max_new_tokens)",
-        defaults,
-        build: build_jsonl,
-    }
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: "parquet",
-        description: "a user Parquet file in kvpress columns (context, question, answer_prefix, answer, max_new_tokens)",
-        defaults,
-        build: build_parquet,
-    }
-}
+kvcat_core::register_task!(
+    "jsonl",
+    "a user JSONL file in kvpress columns (context, question, answer_prefix, answer, max_new_tokens)",
+    JsonlParams,
+    |p| UserFile::new(p, FileFormat::Jsonl)
+);
+kvcat_core::register_task!(
+    "parquet",
+    "a user Parquet file in kvpress columns (context, question, answer_prefix, answer, max_new_tokens)",
+    JsonlParams,
+    |p| UserFile::new(p, FileFormat::Parquet)
+);

@@ -5,8 +5,7 @@
 
 use super::haystack::{filler_units, Haystack, Needle};
 use super::{check_len, example_rng, words};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::task::{Context, Example, Metric, Task, TaskDescriptor};
+use kvcat_core::task::{Context, Example, Metric};
 use kvcat_core::{Error, Result, Tokenizer};
 use rand::Rng;
 use serde::{Deserialize, Serialize};
@@ -111,36 +110,9 @@ impl VariableTracking {
     }
 }
 
-impl Task for VariableTracking {
-    fn name(&self) -> &'static str {
-        NAME
-    }
-    fn params(&self) -> toml::Table {
-        to_table(&self.p)
-    }
-    fn target_len(&self) -> Option<usize> {
-        Some(self.p.context_len)
-    }
-    fn examples(&self, tok: &Tokenizer, n: usize, seed: u64) -> Result<Vec<Example>> {
-        (0..n).map(|i| self.example(tok, seed, i)).collect()
-    }
-}
-
-fn defaults() -> toml::Table {
-    to_table(&VariableTrackingParams::default())
-}
-
-fn build(t: &toml::Table) -> Result<Box<dyn Task>> {
-    Ok(Box::new(VariableTracking::new(parse_params(
-        "task", NAME, t,
-    )?)?))
-}
-
-inventory::submit! {
-    TaskDescriptor {
-        name: NAME,
-        description: "RULER variable tracking: list the variables of an assignment chain",
-        defaults,
-        build,
-    }
-}
+kvcat_core::task!(
+    VariableTracking(VariableTrackingParams),
+    NAME,
+    "RULER variable tracking: list the variables of an assignment chain",
+    target_len: |p| p.context_len,
+);

@@ -11,9 +11,9 @@
 //! non-sink slots, softmax → mean over each KV head's group → `× ‖v‖` → `[b, kv_heads, slots]`;
 //! the first `n_sink` positions score max + 1.
 
-use super::{check_protected, hidden, layer, protect};
+use super::{check_protected, hidden, layer, protect, ScorerParams};
 use kvcat_core::attention::rope_tables;
-use kvcat_core::{probe, CompressionInput, Error, Result, Scorer};
+use kvcat_core::{probe, CompressionInput, Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -45,24 +45,19 @@ impl Default for ExpectedAttentionParams {
     }
 }
 
-/// The expected-attention scorer.
-pub struct ExpectedAttention {
-    params: ExpectedAttentionParams,
-}
-
-impl ExpectedAttention {
-    pub fn new(params: ExpectedAttentionParams) -> Result<Self> {
-        if params.n_future_positions < 1 || params.n_sink < 0 {
+impl ScorerParams for ExpectedAttentionParams {
+    fn check(&self) -> Result<()> {
+        if self.n_future_positions < 1 || self.n_sink < 0 {
             return Err(Error::Params {
                 kind: "compressor",
                 name: "expected_attention".into(),
                 reason: format!(
                     "n_future_positions must be ≥ 1 and n_sink ≥ 0, got {} and {}",
-                    params.n_future_positions, params.n_sink
+                    self.n_future_positions, self.n_sink
                 ),
             });
         }
-        Ok(ExpectedAttention { params })
+        Ok(())
     }
 }
 
@@ -88,15 +83,46 @@ fn mean_rope(positions: &Tensor, d: i64, theta: f64) -> Tensor {
     c.diag(0) + s.diag(0).matmul(&p)
 }
 
-impl Scorer for ExpectedAttention {
-    fn name(&self) -> &'static str {
-        "expected_attention"
+/// The expected logits `k·R̄μ/√d (+ kᵀR̄ΣR̄ᵀk/(2d))` `[b, heads, slots]` of the future queries
+/// over layer `l`'s keys, from the non-sink context queries of the hidden states `h`
+/// `[b, t, hidden]`.
+fn expected_logits(
+    p: &ExpectedAttentionParams,
+    input: &CompressionInput,
+    layer_idx: usize,
+    l: &LayerCache,
+    h: &Tensor,
+) -> Result<Tensor> {
+    let t = h.size()[1];
+    let model = input.model;
+    let attn = &model.layers[layer_idx].self_attn;
+    let d = attn.head_dim;
+    // query statistics (f32)
+    let q =
+        probe::prerope_queries(model, layer_idx, h, p.n_sink, t - p.n_sink)?.to_kind(Kind::Float); // [b, H, n, d]
+    let mu = q.mean_dim(2, true, Kind::Float); // [b, H, 1, d]
+    let future = Tensor::arange_start(t, t + p.n_future_positions, (Kind::Int64, q.device()));
+    let r = mean_rope(&future, d, model.config.rope_theta); // [d, d]
+    let mu_r = mu.matmul(&r.tr()); // [b, H, 1, d]
+    let keys = attn.expand_kv(&l.k).to_kind(Kind::Float); // [b, H, s, d]
+    let mut logits = keys.matmul(&mu_r.transpose(-2, -1)).squeeze_dim(-1) / (d as f64).sqrt();
+    if p.use_covariance {
+        let c = &q - &mu;
+        let cov = c.transpose(-2, -1).matmul(&c) / (t - p.n_sink) as f64; // [b, H, d, d]
+        let cov_r = r.matmul(&cov).matmul(&r.tr());
+        let quad = (keys.matmul(&cov_r) * &keys).sum_dim_intlist(-1, false, Kind::Float);
+        logits += quad / d as f64 / 2.0;
     }
-    fn params(&self) -> toml::Table {
-        kvcat_core::registry::to_table(&self.params)
-    }
-    fn score(&self, input: &CompressionInput, layer_idx: usize) -> Result<Tensor> {
-        let p = &self.params;
+    Ok(logits)
+}
+
+crate::scorer!(
+    /// The expected-attention scorer.
+    ExpectedAttention(ExpectedAttentionParams),
+    "expected_attention",
+    "keep the slots future queries are expected to attend to, times ‖v‖ (Devoto et al. 2025; kvpress ExpectedAttentionPress)",
+    |s, input, layer_idx| {
+        let p = &s.params;
         let l = layer(input, layer_idx)?;
         check_protected("expected_attention", input, l.slots(), p.n_sink, "n_sink")?;
         let h = hidden("expected_attention", input, layer_idx)?;
@@ -107,45 +133,21 @@ impl Scorer for ExpectedAttention {
                 p.n_sink
             )));
         }
-        let model = input.model;
-        let attn = &model.layers[layer_idx].self_attn;
-        let d = attn.head_dim;
-        // query statistics (f32)
-        let q = probe::prerope_queries(model, layer_idx, h, p.n_sink, t - p.n_sink)?
-            .to_kind(Kind::Float); // [b, H, n, d]
-        let mu = q.mean_dim(2, true, Kind::Float); // [b, H, 1, d]
-        let future = Tensor::arange_start(t, t + p.n_future_positions, (Kind::Int64, q.device()));
-        let r = mean_rope(&future, d, model.config.rope_theta); // [d, d]
-        let mu_r = mu.matmul(&r.tr()); // [b, H, 1, d]
-        let keys = attn.expand_kv(&l.k).to_kind(Kind::Float); // [b, H, s, d]
-        let mut logits = keys.matmul(&mu_r.transpose(-2, -1)).squeeze_dim(-1) / (d as f64).sqrt();
-        if p.use_covariance {
-            let c = &q - &mu;
-            let cov = c.transpose(-2, -1).matmul(&c) / (t - p.n_sink) as f64; // [b, H, d, d]
-            let cov_r = r.matmul(&cov).matmul(&r.tr());
-            let quad = (keys.matmul(&cov_r) * &keys).sum_dim_intlist(-1, false, Kind::Float);
-            logits += quad / d as f64 / 2.0;
-        }
+        let logits = expected_logits(p, input, layer_idx, l, h)?;
         // softmax over visible non-sink slots
         let sinks = l.positions.lt(p.n_sink); // [b, kv, s]
         let mut hide = sinks.shallow_clone();
         if let Some(keep) = &l.keep {
             hide = hide.logical_or(&keep.logical_not());
         }
+        let attn = &input.model.layers[layer_idx].self_attn;
         let logits = logits.masked_fill(&attn.expand_kv(&hide), f64::NEG_INFINITY);
         let probs = logits.softmax(-1, Kind::Float).nan_to_num(0.0, None, None);
-        let mut scores = probe::mean_over_groups(model, layer_idx, &probs)?;
+        let mut scores = probe::mean_over_groups(input.model, layer_idx, &probs)?;
         if p.use_vnorm {
             let vn = l.v.to_kind(Kind::Float).norm_scalaropt_dim(2, [-1], false);
             scores = (scores + p.epsilon) * vn;
         }
         Ok(protect(&scores, &sinks))
     }
-}
-
-crate::register_scorer!(
-    ExpectedAttention,
-    ExpectedAttentionParams,
-    "expected_attention",
-    "keep the slots future queries are expected to attend to, times ‖v‖ (Devoto et al. 2025; kvpress ExpectedAttentionPress)"
 );

@@ -21,10 +21,8 @@
 use super::check_protected;
 use crate::topk::select_mask;
 use kvcat_core::model::{ForwardOptions, Logits};
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{
-    probe, Compressed, CompressionInput, Compressor, CompressorDescriptor, Error, KvCache, Result,
-};
+use kvcat_core::registry::to_table;
+use kvcat_core::{probe, Compressed, CompressionInput, Compressor, Error, KvCache, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -210,16 +208,10 @@ impl Compressor for Kvzip {
     }
 }
 
-fn build(t: &toml::Table) -> Result<Box<dyn Compressor>> {
-    let p: KvzipParams = parse_params("compressor", "kvzip", t)?;
-    Ok(Box::new(Kvzip::new(p)?))
-}
-
-kvcat_core::inventory::submit! {
-    CompressorDescriptor {
-        name: "kvzip",
-        description: "query-agnostic importance from a repeat-the-context pass, top-k over all layers and heads (Kim et al. 2025; kvpress KVzipPress)",
-        defaults: || to_table(&KvzipParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn Compressor,
+    "kvzip",
+    "query-agnostic importance from a repeat-the-context pass, top-k over all layers and heads (Kim et al. 2025; kvpress KVzipPress)",
+    KvzipParams,
+    |params| Kvzip::new(params)
+);

@@ -111,28 +111,16 @@ macro_rules! scorer {
 #[macro_export]
 macro_rules! register_scorer {
     ($ty:ty, $params:ty, $name:literal, $desc:literal) => {
-        ::kvcat_core::inventory::submit! {
-            ::kvcat_core::compressor::ScorerDescriptor {
-                name: $name,
-                description: $desc,
-                defaults: || ::kvcat_core::registry::to_table(&<$params>::default()),
-                build: |t| {
-                    let p: $params = ::kvcat_core::registry::parse_params("scorer", $name, t)?;
-                    Ok(Box::new(<$ty>::new(p)?))
-                },
-            }
-        }
-        ::kvcat_core::inventory::submit! {
-            ::kvcat_core::CompressorDescriptor {
-                name: $name,
-                description: $desc,
-                defaults: || ::kvcat_core::registry::to_table(&<$params>::default()),
-                build: |t| {
-                    let p: $params = ::kvcat_core::registry::parse_params("compressor", $name, t)?;
-                    Ok(Box::new($crate::topk::ScorerCompressor::new(<$ty>::new(p)?)))
-                },
-            }
-        }
+        ::kvcat_core::register!(dyn ::kvcat_core::Scorer, $name, $desc, $params, |params| {
+            <$ty>::new(params)
+        });
+        ::kvcat_core::register!(
+            dyn ::kvcat_core::Compressor,
+            $name,
+            $desc,
+            $params,
+            |params| { <$ty>::new(params).map($crate::topk::ScorerCompressor::new) }
+        );
     };
 }
 

@@ -9,8 +9,8 @@
 //! → divided by the number of queries that see each slot (`t − position`) → mean over each KV
 //! head's group `[b, kv_heads, slots]`.
 
-use super::{hidden, layer};
-use kvcat_core::{probe, CompressionInput, Error, Result, Scorer};
+use super::{hidden, layer, ScorerParams};
+use kvcat_core::{probe, CompressionInput, Error, LayerCache, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -28,63 +28,63 @@ impl Default for ObservedAttentionParams {
     }
 }
 
-/// The observed-attention scorer.
-pub struct ObservedAttention {
-    params: ObservedAttentionParams,
-}
-
-impl ObservedAttention {
-    pub fn new(params: ObservedAttentionParams) -> Result<Self> {
-        if params.query_block < 1 {
+impl ScorerParams for ObservedAttentionParams {
+    fn check(&self) -> Result<()> {
+        if self.query_block < 1 {
             return Err(Error::Params {
                 kind: "compressor",
                 name: "observed_attention".into(),
-                reason: format!("query_block must be ≥ 1, got {}", params.query_block),
+                reason: format!("query_block must be ≥ 1, got {}", self.query_block),
             });
         }
-        Ok(ObservedAttention { params })
+        Ok(())
     }
 }
 
-impl Scorer for ObservedAttention {
-    fn name(&self) -> &'static str {
-        "observed_attention"
+/// The causal attention every context query pays each slot of layer `l`, summed over the
+/// queries: hidden states `h` `[b, t, hidden]` → `[b, heads, slots]`, computed in blocks of
+/// `block` queries.
+fn attention_received(
+    input: &CompressionInput,
+    layer_idx: usize,
+    l: &LayerCache,
+    h: &Tensor,
+    block: i64,
+) -> Result<Tensor> {
+    let t = h.size()[1];
+    let mut sum: Option<Tensor> = None;
+    let mut start = 0;
+    while start < t {
+        let n = block.min(t - start);
+        let q = probe::queries(input.model, layer_idx, h, start, n)?;
+        let qpos = Tensor::arange_start(start, start + n, (Kind::Int64, q.device()));
+        let a = probe::attention(input.model, layer_idx, &q, l, Some(&qpos))?.sum_dim_intlist(
+            2,
+            false,
+            Kind::Float,
+        );
+        sum = Some(match sum {
+            Some(s) => s + a,
+            None => a,
+        });
+        start += n;
     }
-    fn params(&self) -> toml::Table {
-        kvcat_core::registry::to_table(&self.params)
-    }
-    fn score(&self, input: &CompressionInput, layer_idx: usize) -> Result<Tensor> {
+    sum.ok_or_else(|| Error::invalid("observed_attention: empty context"))
+}
+
+crate::scorer!(
+    /// The observed-attention scorer.
+    ObservedAttention(ObservedAttentionParams),
+    "observed_attention",
+    "keep the slots with the highest average attention over the context (H2O, Zhang et al. 2023; kvpress ObservedAttentionPress)",
+    |s, input, layer_idx| {
         let l = layer(input, layer_idx)?;
         let h = hidden("observed_attention", input, layer_idx)?;
         let t = h.size()[1];
-        let mut sum: Option<Tensor> = None;
-        let mut start = 0;
-        while start < t {
-            let n = self.params.query_block.min(t - start);
-            let q = probe::queries(input.model, layer_idx, h, start, n)?;
-            let qpos = Tensor::arange_start(start, start + n, (Kind::Int64, q.device()));
-            let a = probe::attention(input.model, layer_idx, &q, l, Some(&qpos))?.sum_dim_intlist(
-                2,
-                false,
-                Kind::Float,
-            );
-            sum = Some(match sum {
-                Some(s) => s + a,
-                None => a,
-            });
-            start += n;
-        }
-        let sum = sum.ok_or_else(|| Error::invalid("observed_attention: empty context"))?;
+        let sum = attention_received(input, layer_idx, l, h, s.params.query_block)?;
         let seen_by = (-l.positions.to_kind(Kind::Float) + t as f64).clamp_min(1.0);
         let attn = &input.model.layers[layer_idx].self_attn;
         let avg = sum / attn.expand_kv(&seen_by);
         probe::mean_over_groups(input.model, layer_idx, &avg)
     }
-}
-
-crate::register_scorer!(
-    ObservedAttention,
-    ObservedAttentionParams,
-    "observed_attention",
-    "keep the slots with the highest average attention over the context (H2O, Zhang et al. 2023; kvpress ObservedAttentionPress)"
 );

@@ -5,7 +5,6 @@
 //! `CompressionInput::seed` (or the `seed` parameter when set) and the layer index, so runs
 //! are reproducible and layers differ.
 
-use kvcat_core::{CompressionInput, Result, Scorer};
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -18,29 +17,18 @@ pub struct RandomParams {
     pub seed: Option<u64>,
 }
 
-/// The random scorer.
-pub struct RandomScorer {
-    params: RandomParams,
-}
+impl super::ScorerParams for RandomParams {}
 
-impl RandomScorer {
-    pub fn new(params: RandomParams) -> Result<Self> {
-        Ok(RandomScorer { params })
-    }
-}
-
-impl Scorer for RandomScorer {
-    fn name(&self) -> &'static str {
-        "random"
-    }
-    fn params(&self) -> toml::Table {
-        kvcat_core::registry::to_table(&self.params)
-    }
-    fn score(&self, input: &CompressionInput, layer: usize) -> Result<Tensor> {
+crate::scorer!(
+    /// The random scorer.
+    RandomScorer(RandomParams),
+    "random",
+    "keep uniformly random slots (seeded; kvpress RandomPress)",
+    |s, input, layer| {
         let l = super::layer(input, layer)?;
         let shape = l.positions.size();
         let n: i64 = shape.iter().product();
-        let seed = self.params.seed.unwrap_or(input.seed);
+        let seed = s.params.seed.unwrap_or(input.seed);
         let mut rng = rand::rngs::StdRng::seed_from_u64(
             seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ layer as u64,
         );
@@ -50,11 +38,4 @@ impl Scorer for RandomScorer {
             .to_kind(Kind::Float)
             .to_device(l.k.device()))
     }
-}
-
-crate::register_scorer!(
-    RandomScorer,
-    RandomParams,
-    "random",
-    "keep uniformly random slots (seeded; kvpress RandomPress)"
 );

@@ -10,8 +10,8 @@
 //! mean over each KV head's query group → `[b, kv_heads, slots]`; window slots score max + 1.
 //! The context must be longer than the window, and the budget must keep the whole window.
 
-use super::{check_protected, hidden, layer, protect};
-use kvcat_core::{probe, CompressionInput, Error, Result, Scorer};
+use super::{check_protected, hidden, layer, protect, ScorerParams};
+use kvcat_core::{probe, CompressionInput, Error, Result};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -34,24 +34,19 @@ impl Default for SnapKvParams {
     }
 }
 
-/// The SnapKV scorer.
-pub struct SnapKv {
-    params: SnapKvParams,
-}
-
-impl SnapKv {
-    pub fn new(params: SnapKvParams) -> Result<Self> {
-        if params.window_size < 1 || params.kernel_size < 1 || params.kernel_size % 2 == 0 {
+impl ScorerParams for SnapKvParams {
+    fn check(&self) -> Result<()> {
+        if self.window_size < 1 || self.kernel_size < 1 || self.kernel_size % 2 == 0 {
             return Err(Error::Params {
                 kind: "compressor",
                 name: "snapkv".into(),
                 reason: format!(
                     "window_size must be ≥ 1 and kernel_size odd and ≥ 1, got {} and {}",
-                    params.window_size, params.kernel_size
+                    self.window_size, self.kernel_size
                 ),
             });
         }
-        Ok(SnapKv { params })
+        Ok(())
     }
 }
 
@@ -77,15 +72,13 @@ pub(crate) fn window_attention(
     Ok(a.mean_dim(2, false, Kind::Float))
 }
 
-impl Scorer for SnapKv {
-    fn name(&self) -> &'static str {
-        "snapkv"
-    }
-    fn params(&self) -> toml::Table {
-        kvcat_core::registry::to_table(&self.params)
-    }
-    fn score(&self, input: &CompressionInput, layer_idx: usize) -> Result<Tensor> {
-        let (w, ks) = (self.params.window_size, self.params.kernel_size);
+crate::scorer!(
+    /// The SnapKV scorer.
+    SnapKv(SnapKvParams),
+    "snapkv",
+    "keep the slots the last window_size queries attend to, pooled (Li et al. 2024; kvpress SnapKVPress)",
+    |s, input, layer_idx| {
+        let (w, ks) = (s.params.window_size, s.params.kernel_size);
         let l = layer(input, layer_idx)?;
         check_protected("snapkv", input, l.slots(), w, "window_size")?;
         let t = input.cache.seq_len;
@@ -97,11 +90,4 @@ impl Scorer for SnapKv {
         let scores = probe::mean_over_groups(input.model, layer_idx, &pooled)?;
         Ok(protect(&scores, &window))
     }
-}
-
-crate::register_scorer!(
-    SnapKv,
-    SnapKvParams,
-    "snapkv",
-    "keep the slots the last window_size queries attend to, pooled (Li et al. 2024; kvpress SnapKVPress)"
 );

@@ -12,10 +12,7 @@
 
 use crate::topk::{check_scores, select_mask, visible_scores};
 use kvcat_core::compressor::build_scorer;
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{
-    Compressed, CompressionInput, Compressor, CompressorDescriptor, Error, KvCache, Result, Scorer,
-};
+use kvcat_core::{Compressed, CompressionInput, Compressor, Error, KvCache, Result, Scorer};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
@@ -120,18 +117,17 @@ impl<S: Scorer> Compressor for AdaKv<S> {
     }
 }
 
-fn build(t: &toml::Table) -> Result<Box<dyn Compressor>> {
-    let p: AdaKvParams = parse_params("compressor", "adakv", t)?;
+/// Checks the parameters and builds the compressor with its inner scorer.
+fn build(p: AdaKvParams) -> Result<AdaKv<Box<dyn Scorer>>> {
     let inner_params = super::sub_table(&p.inner_params, "inner_params", "adakv")?;
     let inner = build_scorer(&p.inner, &inner_params)?;
-    Ok(Box::new(AdaKv::new(inner, p.alpha_safeguard)?))
+    AdaKv::new(inner, p.alpha_safeguard)
 }
 
-kvcat_core::inventory::submit! {
-    CompressorDescriptor {
-        name: "adakv",
-        description: "head-adaptive budgets within a layer around an inner scorer, with a per-head safeguard (Feng et al. 2024; kvpress AdaKVPress)",
-        defaults: || to_table(&AdaKvParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn Compressor,
+    "adakv",
+    "head-adaptive budgets within a layer around an inner scorer, with a per-head safeguard (Feng et al. 2024; kvpress AdaKVPress)",
+    AdaKvParams,
+    |params| build(params)
+);

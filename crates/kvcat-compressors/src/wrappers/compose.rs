@@ -8,10 +8,7 @@
 //! `s` is that of layer 0 (an uncompressed prefill has the same count in every layer).
 
 use kvcat_core::compressor::build_compressor;
-use kvcat_core::registry::{parse_params, to_table};
-use kvcat_core::{
-    Budget, Compressed, CompressionInput, Compressor, CompressorDescriptor, Error, Result,
-};
+use kvcat_core::{Budget, Compressed, CompressionInput, Compressor, Error, Result};
 use serde::{Deserialize, Serialize};
 
 /// Parameters of `compose`.
@@ -106,8 +103,8 @@ impl Compressor for Compose {
     }
 }
 
-fn build(t: &toml::Table) -> Result<Box<dyn Compressor>> {
-    let p: ComposeParams = parse_params("compressor", "compose", t)?;
+/// Checks the parameters and builds every stage.
+fn build(p: ComposeParams) -> Result<Compose> {
     let per = super::sub_table(&p.params, "params", "compose")?;
     if let Some(unknown) = per.keys().find(|k| !p.stages.contains(k)) {
         return Err(Error::Params {
@@ -147,14 +144,13 @@ fn build(t: &toml::Table) -> Result<Box<dyn Compressor>> {
             build_compressor(name, &params)
         })
         .collect::<Result<Vec<_>>>()?;
-    Ok(Box::new(Compose::new(stages)?))
+    Compose::new(stages)
 }
 
-kvcat_core::inventory::submit! {
-    CompressorDescriptor {
-        name: "compose",
-        description: "apply compressors in sequence, spreading the budget geometrically (kvpress ComposedPress)",
-        defaults: || to_table(&ComposeParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn Compressor,
+    "compose",
+    "apply compressors in sequence, spreading the budget geometrically (kvpress ComposedPress)",
+    ComposeParams,
+    |params| build(params)
+);

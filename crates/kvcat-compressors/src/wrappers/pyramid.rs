@@ -12,10 +12,8 @@
 
 use crate::topk::{check_scores, select_topk};
 use kvcat_core::compressor::build_scorer;
-use kvcat_core::registry::{parse_params, to_table};
 use kvcat_core::{
-    Budget, Compressed, CompressionInput, Compressor, CompressorDescriptor, Error, KvCache, Result,
-    Scorer,
+    Budget, Compressed, CompressionInput, Compressor, Error, KvCache, Result, Scorer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -139,18 +137,17 @@ impl<S: Scorer> Compressor for Pyramid<S> {
     }
 }
 
-fn build(t: &toml::Table) -> Result<Box<dyn Compressor>> {
-    let p: PyramidParams = parse_params("compressor", "pyramid", t)?;
+/// Checks the parameters and builds the compressor with its inner scorer.
+fn build(p: PyramidParams) -> Result<Pyramid<Box<dyn Scorer>>> {
     let inner_params = super::sub_table(&p.inner_params, "inner_params", "pyramid")?;
     let inner = build_scorer(&p.inner, &inner_params)?;
-    Ok(Box::new(Pyramid::new(inner, p.window_size, p.beta)?))
+    Pyramid::new(inner, p.window_size, p.beta)
 }
 
-kvcat_core::inventory::submit! {
-    CompressorDescriptor {
-        name: "pyramid",
-        description: "pyramid-shaped per-layer budgets (more in lower layers) around an inner scorer (Cai et al. 2024; kvpress PyramidKVPress)",
-        defaults: || to_table(&PyramidParams::default()),
-        build,
-    }
-}
+kvcat_core::register!(
+    dyn Compressor,
+    "pyramid",
+    "pyramid-shaped per-layer budgets (more in lower layers) around an inner scorer (Cai et al. 2024; kvpress PyramidKVPress)",
+    PyramidParams,
+    |params| build(params)
+);
