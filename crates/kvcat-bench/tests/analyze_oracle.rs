@@ -21,18 +21,9 @@ fn tiny() -> Model {
     tch::manual_seed(5);
     let cfg = LlamaConfig {
         vocab_size: 61,
-        hidden_size: 32,
         intermediate_size: 48,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
         max_position_embeddings: 64,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..LlamaConfig::tiny()
     };
     Model::from_config(&cfg, Device::Cpu, Kind::Float).unwrap()
 }

@@ -23,21 +23,7 @@ const PREFILL_ONLY: [&str; 3] = ["gist", "kvzip", "prompt_lingua"];
 
 fn tiny() -> Model {
     tch::manual_seed(11);
-    let cfg = LlamaConfig {
-        vocab_size: 97,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
+    let cfg = LlamaConfig::tiny();
     let mut model = Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("tiny model");
     // summary slots as the `gist` policy learns them, so the `gist` compressor runs too
     let emb = Tensor::randn([8, 32], (Kind::Float, Device::Cpu)) * 0.02;

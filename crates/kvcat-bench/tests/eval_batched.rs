@@ -23,15 +23,10 @@ fn tiny(tok: &Tokenizer) -> Model {
         hidden_size: 48,
         intermediate_size: 96,
         num_hidden_layers: 3,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
         head_dim: 12,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
         max_position_embeddings: 1024,
-        tie_word_embeddings: true,
         bos_token_id: Some(0),
-        eos_token_ids: vec![],
+        ..LlamaConfig::tiny()
     };
     Model::from_config(&cfg, Device::Cpu, Kind::Float).unwrap()
 }

@@ -16,18 +16,8 @@ fn checkpoint(tag: &str) -> PathBuf {
     tch::manual_seed(2);
     let cfg = LlamaConfig {
         vocab_size: tok.vocab_size() as i64,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
         bos_token_id: Some(0),
-        eos_token_ids: vec![],
+        ..LlamaConfig::tiny()
     };
     let mut model = Model::from_config(&cfg, Device::Cpu, Kind::Float).unwrap();
     model.tokenizer = Some(tok);

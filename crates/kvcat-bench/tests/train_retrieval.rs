@@ -61,16 +61,9 @@ fn config(dir: &Path, pool: Option<usize>) -> TrainConfig {
         vocab_size: 640,
         hidden_size: 64,
         intermediate_size: 128,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
         head_dim: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
         max_position_embeddings: 128,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..LlamaConfig::tiny()
     });
     c.data.corpora = vec![corpus(dir).display().to_string()];
     c.data.cache_dir = Some(dir.join("cache"));

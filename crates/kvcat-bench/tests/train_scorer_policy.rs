@@ -42,18 +42,8 @@ fn config(root: &Path, scorer: toml::Table) -> TrainConfig {
     let mut c = TrainConfig::default();
     c.model.config = Some(LlamaConfig {
         vocab_size: 300,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
         max_position_embeddings: 128,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..LlamaConfig::tiny()
     });
     c.data.corpora = vec![corpus(root).display().to_string()];
     c.data.cache_dir = Some(root.join("cache"));

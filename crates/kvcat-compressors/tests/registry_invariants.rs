@@ -15,19 +15,8 @@ const CONTEXT: i64 = 200;
 fn tiny(kv_heads: i64) -> Model {
     tch::manual_seed(7);
     let cfg = LlamaConfig {
-        vocab_size: 97,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
         num_key_value_heads: kv_heads,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..LlamaConfig::tiny()
     };
     let mut model = Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("tiny model");
     // summary slots as the `gist` policy learns them, so the `gist` compressor runs too

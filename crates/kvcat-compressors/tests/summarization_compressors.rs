@@ -19,16 +19,8 @@ fn tiny() -> Model {
         vocab_size: 89,
         hidden_size: 64,
         intermediate_size: 96,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
         head_dim: 16,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
+        ..LlamaConfig::tiny()
     };
     let m = Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("tiny model");
     let _g = tch::no_grad_guard();

@@ -179,18 +179,9 @@ mod tests {
         tch::manual_seed(1);
         let cfg = LlamaConfig {
             vocab_size: 50,
-            hidden_size: 32,
             intermediate_size: 48,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
             max_position_embeddings: 128,
-            tie_word_embeddings: true,
-            bos_token_id: None,
-            eos_token_ids: vec![],
+            ..LlamaConfig::tiny()
         };
         let m = Model::from_config(&cfg, Device::Cpu, Kind::Float).expect("model");
         let _g = tch::no_grad_guard();

@@ -373,19 +373,9 @@ fn tiny_llama_written_as_gguf_loads_back_with_equal_logits() {
     for tied in [true, false] {
         tch::manual_seed(7);
         let cfg = LlamaConfig {
-            vocab_size: 97,
-            hidden_size: 32,
-            intermediate_size: 64,
-            num_hidden_layers: 2,
-            num_attention_heads: 4,
-            num_key_value_heads: 2,
-            head_dim: 8,
-            rms_norm_eps: 1e-5,
-            rope_theta: 10_000.0,
             max_position_embeddings: 128,
             tie_word_embeddings: tied,
-            bos_token_id: None,
-            eos_token_ids: vec![],
+            ..LlamaConfig::tiny()
         };
         let model = Model::from_config(&cfg, Device::Cpu, Kind::Float).unwrap();
         // Round the FFN weights to f16 first, as the file will store them.

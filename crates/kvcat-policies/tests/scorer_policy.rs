@@ -23,21 +23,7 @@ const POLICY_SEED: u64 = 7;
 
 fn tiny(kind: Kind) -> Model {
     tch::manual_seed(11);
-    let cfg = LlamaConfig {
-        vocab_size: 97,
-        hidden_size: 32,
-        intermediate_size: 64,
-        num_hidden_layers: 2,
-        num_attention_heads: 4,
-        num_key_value_heads: 2,
-        head_dim: 8,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10_000.0,
-        max_position_embeddings: 512,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
+    let cfg = LlamaConfig::tiny();
     Model::from_config(&cfg, Device::Cpu, kind).expect("tiny model")
 }
 
