@@ -17,6 +17,9 @@ use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
+/// Whether this build registers the `parquet` task (the `parquet` cargo feature of kvcat-bench).
+pub const PARQUET_ENABLED: bool = cfg!(feature = "parquet");
+
 /// Parameters of `jsonl` and `parquet`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
