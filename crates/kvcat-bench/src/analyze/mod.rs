@@ -50,9 +50,9 @@ pub fn profile_model(
 pub const PROFILE_CSV: &str = "profile.csv";
 pub const COMPARE_CSV: &str = "compare.csv";
 
-/// Writes `profile.csv`, and with the `figures` feature `heatmap_mass_auc`, `curves_kept_mass` and `curves_output_rel_error`
-/// (SVG + PNG) into `out`; with `other`, also its rows in `profile.csv`, `compare.csv`
-/// (`other − rows`), `heatmap_mass_auc_diff` and `curves_kept_mass_compare` (both oracles).
+/// Writes `profile.csv` into `out`; with `other`, also its rows in `profile.csv` and
+/// `compare.csv` (`other − rows`). With the `figures` feature, also the figures of
+/// [`figures::write_profile_figures`]; without it, says once on stderr that they were skipped.
 /// Returns the paths written.
 pub fn write_profile(
     out: &Path,
