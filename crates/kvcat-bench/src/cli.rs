@@ -61,9 +61,27 @@ pub fn main_entry() -> ExitCode {
                 }
                 shown = text;
             }
+            if let Some(hint) = disabled_feature_hint(&e) {
+                eprintln!("  hint: {hint}");
+            }
             ExitCode::FAILURE
         }
     }
+}
+
+/// A hint for an error caused by a cargo feature this binary was built without: the
+/// `parquet` task is only registered with the `parquet` feature of kvcat-bench.
+fn disabled_feature_hint(e: &anyhow::Error) -> Option<&'static str> {
+    let unknown_parquet = e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<kvcat_core::Error>(),
+            Some(kvcat_core::Error::UnknownName { kind: "task", name, .. }) if name == "parquet"
+        ) || cause.to_string().contains("unknown task `parquet`")
+    });
+    (unknown_parquet && !cfg!(feature = "parquet")).then_some(
+        "this binary was built without the `parquet` feature of kvcat-bench; \
+         rebuild with it (it is on by default) to read Parquet files",
+    )
 }
 
 /// Runs one parsed command.

@@ -60,6 +60,25 @@ fn plugin_is_listed_with_its_defaults() {
     assert!(text.contains("snapkv") && text.contains("adakv"), "{text}");
 }
 
+/// This runner depends on kvcat-bench without default features; `cargo test -p my-compressor`
+/// builds it so, while a workspace build unifies the features on. Either way `list` shows the
+/// `parquet` task exactly when the linked kvcat-bench has the `parquet` feature.
+#[test]
+fn parquet_task_is_listed_only_with_its_feature() {
+    let out = runner().arg("list").output().expect("run my-kvcat list");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let listed = text.lines().any(|l| l.trim_start().starts_with("parquet "));
+    assert_eq!(
+        listed,
+        kvcat_bench::tasks::user_file::PARQUET_ENABLED,
+        "{text}"
+    );
+    assert!(
+        text.lines().any(|l| l.trim_start().starts_with("jsonl ")),
+        "{text}"
+    );
+}
+
 #[test]
 fn plugin_runs_in_compress_and_keeps_the_largest_value_norms() {
     let dir = std::env::temp_dir().join(format!("my-compressor-{}", std::process::id()));

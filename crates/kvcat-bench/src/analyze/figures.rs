@@ -7,7 +7,7 @@ use super::table::{ProfileRow, ALL_HEADS};
 use kvcat_core::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 type Draw = std::result::Result<(), String>;
 
@@ -344,4 +344,43 @@ pub fn write_curves(stem: &Path, title: &str, rows: &[ProfileRow], metric: &str)
             cols,
         ),
     )
+}
+
+/// Draws the profile figures into `out` (SVG + PNG each): `heatmap_mass_auc`,
+/// `curves_kept_mass` and `curves_output_rel_error` of `rows`; with `compared` = (both
+/// checkpoints' rows, their difference `other − rows`), also `heatmap_mass_auc_diff` and
+/// `curves_kept_mass_compare` (both oracles). Returns the PNG paths.
+pub fn write_profile_figures(
+    out: &Path,
+    rows: &[ProfileRow],
+    compared: Option<(&[ProfileRow], &[ProfileRow])>,
+) -> Result<Vec<PathBuf>> {
+    let model = rows.first().map(|r| r.model.as_str()).unwrap_or("");
+    let (mass_auc, kept, error) = (
+        out.join("heatmap_mass_auc"),
+        out.join("curves_kept_mass"),
+        out.join("curves_output_rel_error"),
+    );
+    let title = format!("oracle mass AUC · {model}");
+    write_heatmap(&mass_auc, &title, rows, "mass_auc", ORACLE, false)?;
+    let title = format!("kept attention mass (heads pooled) · {model}");
+    write_curves(&kept, &title, rows, "kept_mass")?;
+    let title = format!("attention-output relative error (heads pooled) · {model}");
+    write_curves(&error, &title, rows, "output_rel_error")?;
+    let mut written: Vec<PathBuf> = [mass_auc, kept, error]
+        .map(|stem| stem.with_extension("png"))
+        .into();
+    if let Some((all, diff)) = compared {
+        let stem = out.join("heatmap_mass_auc_diff");
+        let label = diff.first().map(|r| r.model.as_str()).unwrap_or("");
+        let title = format!("oracle mass AUC difference · {label}");
+        write_heatmap(&stem, &title, diff, "mass_auc", ORACLE, true)?;
+        written.push(stem.with_extension("png"));
+        let stem = out.join("curves_kept_mass_compare");
+        let oracles: Vec<ProfileRow> = all.iter().filter(|r| r.method == ORACLE).cloned().collect();
+        let title = "oracle kept attention mass (heads pooled)";
+        write_curves(&stem, title, &oracles, "kept_mass")?;
+        written.push(stem.with_extension("png"));
+    }
+    Ok(written)
 }

@@ -18,6 +18,7 @@
 //! Results are tidy CSV rows ([`table::ProfileRow`]) and figures ([`figures`]). Two
 //! checkpoints profiled on the same examples give a difference table and heatmap.
 
+#[cfg(feature = "figures")]
 pub mod figures;
 pub mod measures;
 pub mod profile;
@@ -25,7 +26,7 @@ pub mod table;
 
 use crate::evaluate::Prepared;
 use kvcat_core::{Llama, Result};
-use profile::{profile_example, ProfileSpec, Sample, ORACLE};
+use profile::{profile_example, ProfileSpec, Sample};
 use std::path::Path;
 use table::{aggregate, difference, write_csv, ProfileRow};
 
@@ -49,9 +50,9 @@ pub fn profile_model(
 pub const PROFILE_CSV: &str = "profile.csv";
 pub const COMPARE_CSV: &str = "compare.csv";
 
-/// Writes `profile.csv`, `heatmap_mass_auc`, `curves_kept_mass` and `curves_output_rel_error`
-/// (SVG + PNG) into `out`; with `other`, also its rows in `profile.csv`, `compare.csv`
-/// (`other − rows`), `heatmap_mass_auc_diff` and `curves_kept_mass_compare` (both oracles).
+/// Writes `profile.csv` into `out`; with `other`, also its rows in `profile.csv` and
+/// `compare.csv` (`other − rows`). With the `figures` feature, also the figures of
+/// [`figures::write_profile_figures`]; without it, says once on stderr that they were skipped.
 /// Returns the paths written.
 pub fn write_profile(
     out: &Path,
@@ -66,57 +67,17 @@ pub fn write_profile(
     }
     let mut written = vec![out.join(PROFILE_CSV)];
     write_csv(&written[0], &all)?;
-    let model = rows.first().map(|r| r.model.as_str()).unwrap_or("");
-    figures::write_heatmap(
-        &out.join("heatmap_mass_auc"),
-        &format!("oracle mass AUC · {model}"),
-        rows,
-        "mass_auc",
-        ORACLE,
-        false,
-    )?;
-    figures::write_curves(
-        &out.join("curves_kept_mass"),
-        &format!("kept attention mass (heads pooled) · {model}"),
-        rows,
-        "kept_mass",
-    )?;
-    figures::write_curves(
-        &out.join("curves_output_rel_error"),
-        &format!("attention-output relative error (heads pooled) · {model}"),
-        rows,
-        "output_rel_error",
-    )?;
-    written.extend(
-        [
-            "heatmap_mass_auc",
-            "curves_kept_mass",
-            "curves_output_rel_error",
-        ]
-        .map(|s| out.join(s).with_extension("png")),
-    );
-    if let Some(o) = other {
-        let diff = difference(rows, o);
+    let diff = other.map(|o| difference(rows, o));
+    if let Some(diff) = &diff {
         written.push(out.join(COMPARE_CSV));
-        write_csv(&out.join(COMPARE_CSV), &diff)?;
-        let title = diff.first().map(|r| r.model.clone()).unwrap_or_default();
-        figures::write_heatmap(
-            &out.join("heatmap_mass_auc_diff"),
-            &format!("oracle mass AUC difference · {title}"),
-            &diff,
-            "mass_auc",
-            ORACLE,
-            true,
-        )?;
-        written.push(out.join("heatmap_mass_auc_diff.png"));
-        let oracles: Vec<ProfileRow> = all.into_iter().filter(|r| r.method == ORACLE).collect();
-        figures::write_curves(
-            &out.join("curves_kept_mass_compare"),
-            "oracle kept attention mass (heads pooled)",
-            &oracles,
-            "kept_mass",
-        )?;
-        written.push(out.join("curves_kept_mass_compare.png"));
+        write_csv(&out.join(COMPARE_CSV), diff)?;
     }
+    #[cfg(feature = "figures")]
+    {
+        let compared = diff.as_deref().map(|d| (all.as_slice(), d));
+        written.extend(figures::write_profile_figures(out, rows, compared)?);
+    }
+    #[cfg(not(feature = "figures"))]
+    crate::report::note_figures_skipped();
     Ok(written)
 }

@@ -3,37 +3,13 @@
 //! better, symmetric about 0), with the value and its 95% interval printed in each cell and
 //! significant cells (interval excludes 0) marked by `*` and a heavy border. SVG and PNG.
 
-use super::matrix::decimals_for;
+use super::matrix::{decimals_for, HeatCell, Heatmap};
 use super::plot::register_fonts;
 use kvcat_core::{Error, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::text_anchor::{HPos, Pos, VPos};
 use std::path::Path;
-
-/// One cell of the matrix.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct HeatCell {
-    /// AUC gain over `none`, positive is better.
-    pub gain: f64,
-    /// The 95% bootstrap interval, when per-example scores exist.
-    pub interval: Option<(f64, f64)>,
-    pub significant: bool,
-}
-
-/// A policy × compressor matrix of one model and task.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Heatmap {
-    pub title: String,
-    /// A second title line (metric, units, what the marks mean).
-    pub subtitle: String,
-    /// Policies.
-    pub rows: Vec<String>,
-    /// Compressors.
-    pub cols: Vec<String>,
-    /// `cells[row][col]`; `None` where there is no comparison.
-    pub cells: Vec<Vec<Option<HeatCell>>>,
-}
 
 impl Heatmap {
     /// The colour scale's half-range: the largest |gain|, or 1 when all are 0 or absent.

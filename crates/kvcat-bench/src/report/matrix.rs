@@ -3,11 +3,34 @@
 //! (model, task) on the task's report metric.
 
 use super::curves::{gains, higher_is_better, Curve};
-use super::heatmap::{HeatCell, Heatmap};
 use super::paired::{PairedGain, REFERENCE_BUDGET};
 use crate::runner::manifest::{Manifest, BASELINE_POLICY, REFERENCE_COMPRESSOR};
 use crate::stats::{Bootstrap, Interval};
 use std::fmt::Write as _;
+
+/// One cell of the matrix.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct HeatCell {
+    /// AUC gain over `none`, positive is better.
+    pub gain: f64,
+    /// The 95% bootstrap interval, when per-example scores exist.
+    pub interval: Option<(f64, f64)>,
+    pub significant: bool,
+}
+
+/// A policy × compressor matrix of one model and task.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heatmap {
+    pub title: String,
+    /// A second title line (metric, units, what the marks mean).
+    pub subtitle: String,
+    /// Policies.
+    pub rows: Vec<String>,
+    /// Compressors.
+    pub cols: Vec<String>,
+    /// `cells[row][col]`; `None` where there is no comparison.
+    pub cells: Vec<Vec<Option<HeatCell>>>,
+}
 
 /// The significance mark in tables.
 pub const MARK: &str = "✱";

@@ -7,12 +7,15 @@
 //! - [`curves`]: curves, normalised AUC, gains;
 //! - [`paired`]: per-example paired comparisons with `none` ([`crate::stats`] intervals);
 //! - [`matrix`]: the paired sections of `report.md` and the heatmaps' contents;
-//! - [`plot`], [`heatmap`]: the figures.
+//! - [`plot`], [`heatmap`]: the figures (cargo feature `figures`, on by default; without it
+//!   `report.md` is complete but for the figures, and says so).
 
 pub mod curves;
+#[cfg(feature = "figures")]
 pub mod heatmap;
 pub mod matrix;
 pub mod paired;
+#[cfg(feature = "figures")]
 pub mod plot;
 
 use crate::results::{ExampleScore, ResultRow};
@@ -26,11 +29,27 @@ use paired::{paired_gains, PairedGain};
 use std::collections::BTreeSet;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
+use std::sync::Once;
 
 /// The report file name.
 pub const REPORT_FILE: &str = "report.md";
 /// The figures folder.
 pub const PLOTS_DIR: &str = "plots";
+
+/// Whether this build draws figures (the `figures` cargo feature of kvcat-bench).
+pub const FIGURES_ENABLED: bool = cfg!(feature = "figures");
+
+/// What `report.md` and stderr say when a build without the `figures` feature skips figures.
+pub const FIGURES_SKIPPED: &str = "Figures were skipped: this kvcat binary was built without \
+the `figures` feature of kvcat-bench. Every CSV and markdown table is written; rebuild with \
+default features to draw the SVG/PNG figures.";
+
+/// Says [`FIGURES_SKIPPED`] on stderr, once per process (`bench` and `analyze` may write
+/// several reports and profiles).
+pub fn note_figures_skipped() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| eprintln!("note: {FIGURES_SKIPPED}"));
+}
 
 /// What `kvcat report` wrote.
 #[derive(Debug, Default)]
@@ -106,6 +125,9 @@ pub fn render(
 ) -> String {
     let mut s = String::new();
     render_header(&mut s, m, rows, cells, grid_cells);
+    if !FIGURES_ENABLED {
+        let _ = writeln!(s, "> **Note:** {FIGURES_SKIPPED}\n");
+    }
     let axes = Axes::of(m, curves);
     render_auc(&mut s, &axes, curves);
     render_gains(&mut s, &axes, curves);
@@ -365,6 +387,7 @@ fn render_heatmaps(s: &mut String, figures: &[PathBuf]) {
 }
 
 /// A file-name-safe form of a label (letters, digits, `-` and `_`; others become `_`).
+#[cfg(feature = "figures")]
 fn file_safe(label: &str) -> String {
     label
         .chars()
@@ -379,6 +402,7 @@ fn file_safe(label: &str) -> String {
 }
 
 /// Writes one heatmap per (model, task); returns the files.
+#[cfg(feature = "figures")]
 fn write_heatmaps(
     plots: &Path,
     m: &Manifest,
@@ -399,17 +423,15 @@ fn write_heatmaps(
     Ok(files)
 }
 
-/// Writes `report.md` and the figures for a results directory.
-pub fn write_report(dir: &Path) -> Result<ReportSummary> {
-    let (m, rows, examples, cells) = load_with_examples(dir)?;
-    if rows.is_empty() {
-        return Err(Error::invalid(format!(
-            "{}: no finished cells yet",
-            dir.display()
-        )));
-    }
-    let grid_cells = Grid::expand(&m).map(|g| g.cells.len()).unwrap_or(cells);
-    let curves = build_curves(&m, &rows);
+/// Writes each model's quality-vs-budget figure and the gain heatmaps under `dir/plots`;
+/// returns the files.
+#[cfg(feature = "figures")]
+fn write_figures(
+    dir: &Path,
+    m: &Manifest,
+    curves: &[Curve],
+    gains: &[PairedGain],
+) -> Result<Vec<PathBuf>> {
     let plots = dir.join(PLOTS_DIR);
     std::fs::create_dir_all(&plots).map_err(|e| Error::io(&plots, e))?;
     let mut figures = Vec::new();
@@ -421,15 +443,42 @@ pub fn write_report(dir: &Path) -> Result<ReportSummary> {
         plot::write_figure(
             &stem,
             &format!("{} — {}", m.name, model.name),
-            &curves,
+            curves,
             &model.name,
         )?;
         figures.push(stem.with_extension("svg"));
         figures.push(stem.with_extension("png"));
     }
+    figures.extend(write_heatmaps(&plots, m, curves, gains)?);
+    Ok(figures)
+}
+
+/// A build without the `figures` feature draws nothing and says so on stderr.
+#[cfg(not(feature = "figures"))]
+fn write_figures(
+    _dir: &Path,
+    _m: &Manifest,
+    _curves: &[Curve],
+    _gains: &[PairedGain],
+) -> Result<Vec<PathBuf>> {
+    note_figures_skipped();
+    Ok(Vec::new())
+}
+
+/// Writes `report.md` and the figures for a results directory.
+pub fn write_report(dir: &Path) -> Result<ReportSummary> {
+    let (m, rows, examples, cells) = load_with_examples(dir)?;
+    if rows.is_empty() {
+        return Err(Error::invalid(format!(
+            "{}: no finished cells yet",
+            dir.display()
+        )));
+    }
+    let grid_cells = Grid::expand(&m).map(|g| g.cells.len()).unwrap_or(cells);
+    let curves = build_curves(&m, &rows);
     let bootstrap = Bootstrap::default();
     let gains = paired_gains(&m, &rows, &examples, &bootstrap);
-    figures.extend(write_heatmaps(&plots, &m, &curves, &gains)?);
+    let figures = write_figures(dir, &m, &curves, &gains)?;
     let paired = PairedSection {
         gains: &gains,
         has_examples: !examples.is_empty(),

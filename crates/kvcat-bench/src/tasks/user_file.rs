@@ -1,7 +1,8 @@
 //! `jsonl` and `parquet`: a user's dataset in kvpress's columns — `context` (string),
 //! `question` (string), `answer_prefix` (string, optional), `answer` (string or list of
 //! strings), `max_new_tokens` (optional integer) — as JSON Lines (one object per line) or as a
-//! Parquet file (as `pandas.DataFrame.to_parquet` writes it; snappy, zstd or no compression).
+//! Parquet file (as `pandas.DataFrame.to_parquet` writes it; snappy, zstd or no compression;
+//! registered only with the `parquet` cargo feature, on by default).
 //! Unknown columns are ignored (kvpress datasets carry extras such as `task`), so a kvpress
 //! evaluation file can be used as is.
 //!
@@ -15,6 +16,9 @@ use kvcat_core::{Error, Result, Tokenizer};
 use rand::seq::SliceRandom;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
+
+/// Whether this build registers the `parquet` task (the `parquet` cargo feature of kvcat-bench).
+pub const PARQUET_ENABLED: bool = cfg!(feature = "parquet");
 
 /// Parameters of `jsonl` and `parquet`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -83,7 +87,9 @@ impl Row {
 }
 
 /// Reads kvpress-column rows from a Parquet file. A missing required column, or a value of
-/// the wrong type, is an error naming the file, the row (0-based) and the column.
+/// the wrong type, is an error naming the file, the row (0-based) and the column. Needs the
+/// `parquet` cargo feature (on by default).
+#[cfg(feature = "parquet")]
 pub fn read_parquet(path: &Path, metric: Metric, default_new: usize) -> Result<Vec<Example>> {
     use parquet::file::reader::{FileReader, SerializedFileReader};
     use parquet::record::Field;
@@ -185,6 +191,8 @@ pub fn read_jsonl(path: &Path, metric: Metric, default_new: usize) -> Result<Vec
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FileFormat {
     Jsonl,
+    /// Only with the `parquet` cargo feature.
+    #[cfg(feature = "parquet")]
     Parquet,
 }
 
@@ -192,6 +200,7 @@ impl FileFormat {
     fn name(self) -> &'static str {
         match self {
             FileFormat::Jsonl => "jsonl",
+            #[cfg(feature = "parquet")]
             FileFormat::Parquet => "parquet",
         }
     }
@@ -231,6 +240,7 @@ impl UserFile {
         }
         let rows = match format {
             FileFormat::Jsonl => read_jsonl(&path, metric, p.max_new_tokens)?,
+            #[cfg(feature = "parquet")]
             FileFormat::Parquet => read_parquet(&path, metric, p.max_new_tokens)?,
         };
         Ok(UserFile { p, format, rows })
@@ -267,6 +277,7 @@ kvcat_core::register_task!(
     JsonlParams,
     |p| UserFile::new(p, FileFormat::Jsonl)
 );
+#[cfg(feature = "parquet")]
 kvcat_core::register_task!(
     "parquet",
     "a user Parquet file in kvpress columns (context, question, answer_prefix, answer, max_new_tokens)",

@@ -1,9 +1,10 @@
-//! Measurements for `docs/benchmarks/fitting.md` on SmolLM2-135M (not a test: every function
-//! is `#[ignore]`). Run in release:
+//! Measurements for `docs/benchmarks/fitting.md` on SmolLM2-135M (not a test: a
+//! `harness = false` bench target, built with the optimised `bench` profile). Run both, or
+//! the ones whose names contain a given argument:
 //!
 //! ```text
-//! KVCAT_BENCH_LENGTHS=512,1024,2048,4096 cargo test --release -p kvcat-compressors \
-//!     --test fitting_benchmark -- --ignored --nocapture --test-threads 1
+//! KVCAT_BENCH_LENGTHS=512,1024,2048,4096 cargo bench -p kvcat-compressors \
+//!     --bench fitting_benchmark -- fit_time
 //! ```
 //!
 //! - `fit_time_vs_length`: fitting seconds per layer of `attention_matching` (and `kv_fit`) at
@@ -88,8 +89,33 @@ fn instr_table(b: &Bench, extra: &[(&str, toml::Value)]) -> toml::Table {
     t
 }
 
-#[test]
-#[ignore]
+/// The measurements, by name.
+const MEASUREMENTS: [(&str, fn()); 2] = [
+    ("fit_time_vs_length", fit_time_vs_length),
+    ("error_vs_budget", error_vs_budget),
+];
+
+fn main() {
+    // `cargo bench` passes `--bench` to a `harness = false` bench binary; `cargo test
+    // --all-targets` (`make test`) builds and runs it without, and must not sit through a
+    // measurement, so without `--bench` it only says how to run it.
+    if !std::env::args().any(|a| a == "--bench") {
+        eprintln!("fitting_benchmark: a measurement; run it with `cargo bench -p kvcat-compressors --bench fitting_benchmark`");
+        return;
+    }
+    // Arguments other than cargo's flags select measurements by substring (all when none).
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    for (name, measure) in MEASUREMENTS {
+        if filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str())) {
+            eprintln!("## {name}");
+            measure();
+        }
+    }
+}
+
 fn fit_time_vs_length() {
     let b = load();
     let lengths: Vec<usize> = env_list("KVCAT_BENCH_LENGTHS", "512,1024,2048,4096");
@@ -136,8 +162,6 @@ fn fit_time_vs_length() {
     }
 }
 
-#[test]
-#[ignore]
 fn error_vs_budget() {
     let b = load();
     let t: usize = env_list("KVCAT_BENCH_T", "1024")[0];
