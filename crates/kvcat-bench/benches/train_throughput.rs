@@ -13,7 +13,7 @@ use kvcat_bench::train::schedule::{sample_budget, sample_prefix, step_rng, Strea
 use kvcat_bench::train::{BudgetSchedule, LossConfig, OptimConfig, TrainConfig};
 use kvcat_compressors as _;
 use kvcat_core::policy::build_policy;
-use kvcat_core::{registry, KvCache, MaskingPolicy, Model, PolicyDescriptor};
+use kvcat_core::{registry, KvCache, LlamaConfig, MaskingPolicy, Model, PolicyDescriptor};
 use kvcat_policies as _;
 use std::time::Instant;
 use tch::{nn, Device, Kind, Tensor};
@@ -43,101 +43,122 @@ fn main() {
     policy_step_throughput();
 }
 
+/// Batch shape of every measured step: `B × T` tokens.
+const B: i64 = 8;
+const T: i64 = 128;
+
 fn policy_step_throughput() {
     let rounds: usize = std::env::var("ROUNDS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(12);
-    let base = TrainConfig::default();
-    let lc = base.model.config.clone().unwrap();
-    let (b, t) = (8i64, 128i64);
-    let budget = BudgetSchedule::LogUniform { min: 0.1, max: 1.0 };
+    let lc = TrainConfig::default().model.config.clone().unwrap();
     for w_full in [1.0, 0.0] {
         let loss = LossConfig {
             w_full,
             ..Default::default()
         };
-        let mut arms: Vec<Arm> = registry::all::<PolicyDescriptor>()
-            .unwrap()
-            .keys()
-            .map(|name| {
-                tch::manual_seed(0);
-                let model = Model::from_config(&lc, Device::Cpu, Kind::Float).unwrap();
-                let mut policy = build_policy(name, &toml::Table::new()).unwrap();
-                let pvs = nn::VarStore::new(Device::Cpu);
-                policy.init(&(pvs.root() / *name), &lc).unwrap();
-                let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
-                vars.extend(
-                    pvs.variables()
-                        .into_iter()
-                        .map(|(n, t)| (format!("policy.{n}"), t)),
-                );
-                let opt = AdamW::new(vars, &OptimConfig::default());
-                Arm {
-                    name: name.to_string(),
-                    model,
-                    policy,
-                    _pvs: pvs,
-                    opt,
-                    times: vec![],
-                }
-            })
-            .collect();
-        for round in 0..rounds + 1 {
-            tch::manual_seed(round as i64);
-            let x = Tensor::randint(lc.vocab_size, [b, t], (Kind::Int64, Device::Cpu));
-            let mut srng = step_rng(0, round, 0, Stream::Split);
-            let p = sample_prefix(32, 96, &mut srng);
-            let kept = sample_budget(&budget, &mut srng).kept(p);
-            for arm in &mut arms {
-                let t0 = Instant::now();
-                arm.opt.zero_grad();
-                let mut prng = step_rng(0, round, 0, Stream::Policy);
-                let terms = batch_loss(
-                    &arm.model,
-                    None,
-                    arm.policy.as_mut(),
-                    &x,
-                    &x,
-                    p,
-                    kept,
-                    &loss,
-                    &mut prng,
-                )
-                .unwrap();
-                terms.total.backward();
-                arm.opt.clip_grad_norm(1.0);
-                arm.opt.step(1e-3);
-                if round > 0 {
-                    arm.times.push(t0.elapsed().as_secs_f64());
-                }
-            }
-        }
-        let mut none_t = 0.0;
-        println!("\nw_mask = 1, w_kd = 0, w_full = {w_full}; batch {b} x {t} tokens; {rounds} interleaved rounds");
-        println!("| policy | median ms/step | tokens/s | relative to none |");
-        println!("|---|---|---|---|");
-        let mut rows = vec![];
-        for arm in &mut arms {
-            let m = median(&mut arm.times);
-            if arm.name == "none" {
-                none_t = m;
-            }
-            rows.push((arm.name.clone(), m));
-        }
-        for (name, m) in rows {
-            println!(
-                "| {name} | {:.0} | {:.0} | {:.2} |",
-                m * 1e3,
-                (b * t) as f64 / m,
-                none_t / m
+        let mut arms = build_arms(&lc);
+        run_rounds(&mut arms, &lc, &loss, rounds);
+        print_table(&mut arms, w_full, rounds);
+    }
+    forward_backward_split(&lc, rounds);
+}
+
+/// One arm per registered policy, each with its own identically initialised model and AdamW.
+fn build_arms(lc: &LlamaConfig) -> Vec<Arm> {
+    registry::all::<PolicyDescriptor>()
+        .unwrap()
+        .keys()
+        .map(|name| {
+            tch::manual_seed(0);
+            let model = Model::from_config(lc, Device::Cpu, Kind::Float).unwrap();
+            let mut policy = build_policy(name, &toml::Table::new()).unwrap();
+            let pvs = nn::VarStore::new(Device::Cpu);
+            policy.init(&(pvs.root() / *name), lc).unwrap();
+            let mut vars: Vec<(String, Tensor)> = model.vs.variables().into_iter().collect();
+            vars.extend(
+                pvs.variables()
+                    .into_iter()
+                    .map(|(n, t)| (format!("policy.{n}"), t)),
             );
+            let opt = AdamW::new(vars, &OptimConfig::default());
+            Arm {
+                name: name.to_string(),
+                model,
+                policy,
+                _pvs: pvs,
+                opt,
+                times: vec![],
+            }
+        })
+        .collect()
+}
+
+/// `rounds` timed steps per arm (after one untimed warm-up round), interleaved: every arm
+/// takes the same batch, split and budget in a round.
+fn run_rounds(arms: &mut [Arm], lc: &LlamaConfig, loss: &LossConfig, rounds: usize) {
+    let budget = BudgetSchedule::LogUniform { min: 0.1, max: 1.0 };
+    for round in 0..rounds + 1 {
+        tch::manual_seed(round as i64);
+        let x = Tensor::randint(lc.vocab_size, [B, T], (Kind::Int64, Device::Cpu));
+        let mut srng = step_rng(0, round, 0, Stream::Split);
+        let p = sample_prefix(32, 96, &mut srng);
+        let kept = sample_budget(&budget, &mut srng).kept(p);
+        for arm in arms.iter_mut() {
+            let t0 = Instant::now();
+            arm.opt.zero_grad();
+            let mut prng = step_rng(0, round, 0, Stream::Policy);
+            let terms = batch_loss(
+                &arm.model,
+                None,
+                arm.policy.as_mut(),
+                &x,
+                &x,
+                p,
+                kept,
+                loss,
+                &mut prng,
+            )
+            .unwrap();
+            terms.total.backward();
+            arm.opt.clip_grad_norm(1.0);
+            arm.opt.step(1e-3);
+            if round > 0 {
+                arm.times.push(t0.elapsed().as_secs_f64());
+            }
         }
     }
-    // Where the time goes: one unmasked vs one masked forward+backward of the same batch.
+}
+
+/// The markdown table of median step times, relative to `none`.
+fn print_table(arms: &mut [Arm], w_full: f64, rounds: usize) {
+    println!("\nw_mask = 1, w_kd = 0, w_full = {w_full}; batch {B} x {T} tokens; {rounds} interleaved rounds");
+    println!("| policy | median ms/step | tokens/s | relative to none |");
+    println!("|---|---|---|---|");
+    let rows: Vec<(String, f64)> = arms
+        .iter_mut()
+        .map(|arm| (arm.name.clone(), median(&mut arm.times)))
+        .collect();
+    let none_t = rows
+        .iter()
+        .find(|(name, _)| name == "none")
+        .map_or(0.0, |(_, m)| *m);
+    for (name, m) in rows {
+        println!(
+            "| {name} | {:.0} | {:.0} | {:.2} |",
+            m * 1e3,
+            (B * T) as f64 / m,
+            none_t / m
+        );
+    }
+}
+
+/// Where the time goes: one unmasked vs one masked forward+backward of the same batch.
+fn forward_backward_split(lc: &LlamaConfig, rounds: usize) {
     tch::manual_seed(0);
-    let model = Model::from_config(&lc, Device::Cpu, Kind::Float).unwrap();
-    let x = Tensor::randint(lc.vocab_size, [b, t], (Kind::Int64, Device::Cpu));
+    let model = Model::from_config(lc, Device::Cpu, Kind::Float).unwrap();
+    let x = Tensor::randint(lc.vocab_size, [B, T], (Kind::Int64, Device::Cpu));
     let mut pol = build_policy("sink_window", &toml::Table::new()).unwrap();
     let teacher = kvcat_core::ForwardOutput::default();
     let cache = KvCache::new();

@@ -162,6 +162,92 @@ fn fit_time_vs_length() {
     }
 }
 
+/// The full-cache reference of [`error_vs_budget`]: the context's cache and hidden states,
+/// the last position's logits `[1, vocab]`, the continuation's queries per layer (held out
+/// from every compressor) and its NLL.
+struct Reference {
+    ctx: Tensor,
+    cont: Tensor,
+    cache: KvCache,
+    hidden: Vec<Tensor>,
+    last_logits: Tensor,
+    held_out: Vec<Tensor>,
+}
+
+impl Reference {
+    fn new(b: &Bench, t: usize, cont_len: usize) -> Reference {
+        let ctx = ids(b, 0, t);
+        let cont = ids(b, t, cont_len);
+        let (cache, hidden) = probe::prefill_for_compression(&b.model, &ctx).expect("prefill");
+        let _g = tch::no_grad_guard();
+        let h = hidden
+            .last()
+            .expect("final hidden")
+            .narrow(1, t as i64 - 1, 1);
+        let last_logits = b.model.lm_head(&b.model.norm.forward(&h)).squeeze_dim(1);
+        // held-out queries: the real continuation, through the full cache
+        let held_out = b
+            .model
+            .forward_with(
+                &cont,
+                &mut cache.copy(),
+                &ForwardOptions {
+                    capture_queries: true,
+                    logits: Logits::None,
+                    ..Default::default()
+                },
+            )
+            .expect("continuation")
+            .queries;
+        Reference {
+            ctx,
+            cont,
+            cache,
+            hidden,
+            last_logits,
+            held_out,
+        }
+    }
+
+    /// Mean NLL (nats/token) of the continuation after the cache `c`.
+    fn nll(&self, b: &Bench, c: &KvCache) -> f64 {
+        let mut c = c.copy();
+        let (s, n) =
+            decode::continuation_nll(&b.model, &mut c, &self.last_logits, &self.cont).expect("nll");
+        s / n as f64
+    }
+
+    /// Held-out attention-output error of `compressed`, averaged over layers.
+    fn output_error(&self, b: &Bench, compressed: &KvCache) -> f64 {
+        let layers = self.cache.layers.len();
+        (0..layers)
+            .map(|l| {
+                attention_output_error(
+                    &b.model,
+                    l,
+                    &self.held_out[l],
+                    &self.cache.layers[l],
+                    &compressed.layers[l],
+                )
+                .expect("error")
+            })
+            .sum::<f64>()
+            / layers as f64
+    }
+}
+
+/// A method spec `name:key=value;key=value` (TOML values) as its name and parameter table.
+fn method_params<'a>(b: &Bench, spec: &'a str) -> (&'a str, toml::Table) {
+    let (name, extra) = spec.split_once(':').unwrap_or((spec, ""));
+    let mut params = match name {
+        "attention_matching" | "kv_fit" => instr_table(b, &[]),
+        _ => toml::Table::new(),
+    };
+    let extra: toml::Table = extra.replace(';', "\n").parse().expect("extra params");
+    params.extend(extra);
+    (name, params)
+}
+
 fn error_vs_budget() {
     let b = load();
     let t: usize = env_list("KVCAT_BENCH_T", "1024")[0];
@@ -174,94 +260,47 @@ fn error_vs_budget() {
         .map(|s| s.trim().to_string())
         .collect();
     let cont_len = 128;
-    let ctx = ids(&b, 0, t);
-    let cont = ids(&b, t, cont_len);
-    let (cache, hidden) = probe::prefill_for_compression(&b.model, &ctx).expect("prefill");
-    let last_logits = {
-        let _g = tch::no_grad_guard();
-        let h = hidden
-            .last()
-            .expect("final hidden")
-            .narrow(1, t as i64 - 1, 1);
-        b.model.lm_head(&b.model.norm.forward(&h)).squeeze_dim(1)
-    };
-    // held-out queries: the real continuation, through the full cache
-    let held_out = {
-        let _g = tch::no_grad_guard();
-        let mut c = cache.copy();
-        b.model
-            .forward_with(
-                &cont,
-                &mut c,
-                &ForwardOptions {
-                    capture_queries: true,
-                    logits: Logits::None,
-                    ..Default::default()
-                },
-            )
-            .expect("continuation")
-            .queries
-    };
-    let nll = |c: &KvCache| -> f64 {
-        let mut c = c.copy();
-        let (s, n) = decode::continuation_nll(&b.model, &mut c, &last_logits, &cont).expect("nll");
-        s / n as f64
-    };
-    let full_nll = nll(&cache);
+    let reference = Reference::new(&b, t, cont_len);
+    let full_nll = reference.nll(&b, &reference.cache);
     eprintln!("T = {t}, continuation {cont_len} tokens; full-cache NLL {full_nll:.4} nats/token");
     eprintln!("| method | budget | held-out attn-output rel. error (mean over layers) | continuation NLL | compress s |");
     eprintln!("|---|---|---|---|---|");
     for &budget in &budgets {
         for m in &methods {
-            // `name:key=value;key=value` adds parameters (TOML values)
-            let (name, extra) = m.split_once(':').unwrap_or((m.as_str(), ""));
-            let mut params = match name {
-                "attention_matching" | "kv_fit" => instr_table(&b, &[]),
-                _ => toml::Table::new(),
-            };
-            let extra: toml::Table = extra.replace(';', "\n").parse().expect("extra params");
-            params.extend(extra);
-            let input = CompressionInput {
-                model: &b.model,
-                cache: &cache,
-                context: &ctx,
-                hidden: &hidden,
-                question: None,
-                budget: Budget::Fraction(budget),
-                seed: 0,
-            };
-            let t0 = Instant::now();
-            let r = match build_compressor(name, &params).and_then(|c| c.compress(&input)) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("| {m} | {budget} | error: {e} | | |");
-                    continue;
-                }
-            };
-            let secs = t0.elapsed().as_secs_f64();
-            // attention-output error is only meaningful for caches over the same tokens
-            let err = if name == "prompt_lingua" {
-                "n/a (re-prefilled text)".to_string()
-            } else {
-                let e: f64 = (0..cache.layers.len())
-                    .map(|l| {
-                        attention_output_error(
-                            &b.model,
-                            l,
-                            &held_out[l],
-                            &cache.layers[l],
-                            &r.cache.layers[l],
-                        )
-                        .expect("error")
-                    })
-                    .sum::<f64>()
-                    / cache.layers.len() as f64;
-                format!("{e:.4}")
-            };
-            eprintln!(
-                "| {m} | {budget} | {err} | {:.4} | {secs:.1} |",
-                nll(&r.cache)
-            );
+            measure_one(&b, &reference, m, budget);
         }
     }
+}
+
+/// One table row: compress the reference cache with method spec `m` at `budget`.
+fn measure_one(b: &Bench, reference: &Reference, m: &str, budget: f64) {
+    let (name, params) = method_params(b, m);
+    let input = CompressionInput {
+        model: &b.model,
+        cache: &reference.cache,
+        context: &reference.ctx,
+        hidden: &reference.hidden,
+        question: None,
+        budget: Budget::Fraction(budget),
+        seed: 0,
+    };
+    let t0 = Instant::now();
+    let r = match build_compressor(name, &params).and_then(|c| c.compress(&input)) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("| {m} | {budget} | error: {e} | | |");
+            return;
+        }
+    };
+    let secs = t0.elapsed().as_secs_f64();
+    // attention-output error is only meaningful for caches over the same tokens
+    let err = if name == "prompt_lingua" {
+        "n/a (re-prefilled text)".to_string()
+    } else {
+        format!("{:.4}", reference.output_error(b, &r.cache))
+    };
+    eprintln!(
+        "| {m} | {budget} | {err} | {:.4} | {secs:.1} |",
+        reference.nll(b, &r.cache)
+    );
 }
