@@ -18,6 +18,7 @@ pub mod policy;
 pub mod probe;
 pub mod registry;
 pub mod selection;
+pub mod spd;
 pub mod summary;
 pub mod task;
 pub mod tokenizer;

@@ -109,7 +109,12 @@ pub fn gram_omp_select(gram: &Tensor, kept: i64, ridge: f64) -> (Tensor, Tensor)
             .clamp_min(1e-30);
         let eye = Tensor::eye(k, (kind, device)).unsqueeze(0);
         let lhs = g_ss + eye * (scale.unsqueeze(-1) * ridge);
-        w = Tensor::linalg_solve(&lhs, &c_s.unsqueeze(-1), true)
+        // Cholesky, not `linalg_solve`: batched LU is broken on multi-threaded CPUs
+        // (`kvcat_core::spd`); a positive ridge keeps `lhs` positive definite.
+        let l = lhs.linalg_cholesky(false);
+        w = c_s
+            .unsqueeze(-1)
+            .cholesky_solve(&l, false)
             .squeeze_dim(-1)
             .clamp_min(0.0);
     }

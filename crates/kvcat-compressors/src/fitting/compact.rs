@@ -220,7 +220,7 @@ fn fit_values(
     let lambda = opts.ridge * xtx.trace().double_value(&[]) / t as f64;
     let lhs = &xtx + Tensor::eye(t, (Kind::Double, tch::Device::Cpu)) * lambda.max(1e-300);
     let rhs = x.tr().matmul(out) + v_sel * lambda.max(1e-300);
-    Ok(Tensor::f_linalg_solve(&lhs, &rhs, true)?)
+    kvcat_core::spd::solve_spd(&lhs, &rhs)
 }
 
 /// Greedy OMP on one head's mass system `a` `[n, s]` (target: all ones) restricted to
