@@ -32,12 +32,19 @@ impl LayerCache {
 
     /// A deep copy.
     pub fn copy(&self) -> LayerCache {
+        self.map_slots(Tensor::copy)
+    }
+
+    /// The layer with `f` applied to every per-slot tensor (`k`, `v`, `positions` and, when
+    /// present, `keep` and `bias`), for operations that treat the batch, head and slot
+    /// dimensions of all of them alike.
+    fn map_slots(&self, f: impl Fn(&Tensor) -> Tensor) -> LayerCache {
         LayerCache {
-            k: self.k.copy(),
-            v: self.v.copy(),
-            positions: self.positions.copy(),
-            keep: self.keep.as_ref().map(|t| t.copy()),
-            bias: self.bias.as_ref().map(|t| t.copy()),
+            k: f(&self.k),
+            v: f(&self.v),
+            positions: f(&self.positions),
+            keep: self.keep.as_ref().map(&f),
+            bias: self.bias.as_ref().map(&f),
         }
     }
 
@@ -120,27 +127,13 @@ impl LayerCache {
     /// The first `slots` slots of every row, sharing this layer's tensors (and their autograd
     /// history): `[b, h, slots, ..]`.
     pub fn prefix(&self, slots: i64) -> LayerCache {
-        let cut = |t: &Tensor| t.narrow(2, 0, slots);
-        LayerCache {
-            k: cut(&self.k),
-            v: cut(&self.v),
-            positions: cut(&self.positions),
-            keep: self.keep.as_ref().map(cut),
-            bias: self.bias.as_ref().map(cut),
-        }
+        self.map_slots(|t| t.narrow(2, 0, slots))
     }
 
     /// Batch row `row`'s first `slots` slots as a contiguous batch-1 layer `[1, h, slots, ..]`
     /// (one example out of a right-padded batched prefill).
     pub fn row(&self, row: i64, slots: i64) -> LayerCache {
-        let cut = |t: &Tensor| t.narrow(0, row, 1).narrow(2, 0, slots).contiguous();
-        LayerCache {
-            k: cut(&self.k),
-            v: cut(&self.v),
-            positions: cut(&self.positions),
-            keep: self.keep.as_ref().map(cut),
-            bias: self.bias.as_ref().map(cut),
-        }
+        self.map_slots(|t| t.narrow(0, row, 1).narrow(2, 0, slots).contiguous())
     }
 
     /// Hides the last `n` slots where `visible` (`[b, n]` bool) is false, e.g. the padding of

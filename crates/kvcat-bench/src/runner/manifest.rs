@@ -631,18 +631,7 @@ fn parse_policies(
             matched.push((policies.len(), i));
             continue;
         }
-        let params = p
-            .params
-            .as_ref()
-            .map(|t| t.get_ref().clone())
-            .unwrap_or_default();
-        let built = build_policy(p.name.get_ref(), &params).map_err(|e| {
-            let (span, f) = match (&e, &p.params) {
-                (Error::Params { .. }, Some(t)) => (t.span(), "params"),
-                _ => (p.name.span(), "name"),
-            };
-            loc.at(Some(span), format!("{field}.{f}"), e.to_string())
-        })?;
+        let built = build_located(loc, &field, &p.name, p.params.as_ref(), build_policy)?;
         let spec = PolicySpec {
             name: built.name().to_string(),
             params: built.params(),
@@ -664,6 +653,25 @@ fn parse_policies(
     Ok((policies, matched))
 }
 
+/// Builds plugin `name` of entry `field` from its `params` table (empty when absent) with
+/// `build`; an error points at the table when the parameters were wrong, else at the name.
+fn build_located<T: ?Sized>(
+    loc: &Locator,
+    field: &str,
+    name: &Spanned<String>,
+    params: Option<&Spanned<toml::Table>>,
+    build: fn(&str, &toml::Table) -> Result<Box<T>>,
+) -> Result<Box<T>> {
+    let table = params.map(|t| t.get_ref().clone()).unwrap_or_default();
+    build(name.get_ref(), &table).map_err(|e| {
+        let (span, f) = match (&e, params) {
+            (Error::Params { .. }, Some(t)) => (t.span(), "params"),
+            _ => (name.span(), "name"),
+        };
+        loc.at(Some(span), format!("{field}.{f}"), e.to_string())
+    })
+}
+
 /// The `[[compressor]]` entries; at least one, no two alike.
 fn parse_compressors(loc: &Locator, raw: &RawManifest) -> Result<Vec<PluginSpec>> {
     if raw.compressor.is_empty() {
@@ -675,18 +683,7 @@ fn parse_compressors(loc: &Locator, raw: &RawManifest) -> Result<Vec<PluginSpec>
         if c.name.get_ref() == REFERENCE_COMPRESSOR {
             return Err(loc.at(Some(c.name.span()), format!("{field}.name"), "`none` is the uncompressed reference, which every grid already holds (budget 1.0); remove this entry"));
         }
-        let params = c
-            .params
-            .as_ref()
-            .map(|t| t.get_ref().clone())
-            .unwrap_or_default();
-        let built = build_compressor(c.name.get_ref(), &params).map_err(|e| {
-            let (span, f) = match (&e, &c.params) {
-                (Error::Params { .. }, Some(t)) => (t.span(), "params"),
-                _ => (c.name.span(), "name"),
-            };
-            loc.at(Some(span), format!("{field}.{f}"), e.to_string())
-        })?;
+        let built = build_located(loc, &field, &c.name, c.params.as_ref(), build_compressor)?;
         let spec = PluginSpec {
             name: built.name().to_string(),
             params: built.params(),
@@ -742,11 +739,6 @@ fn parse_tasks(loc: &Locator, raw: &RawManifest) -> Result<Vec<TaskSpec>> {
 /// One `[[task]]` entry, its parameters resolved by the task itself.
 fn parse_task(loc: &Locator, raw: &RawManifest, i: usize, t: &RawTask) -> Result<TaskSpec> {
     let field = format!("task[{i}]");
-    let params = t
-        .params
-        .as_ref()
-        .map(|x| x.get_ref().clone())
-        .unwrap_or_default();
     let n = match &t.n {
         Some(n) if *n.get_ref() >= 1 => *n.get_ref() as usize,
         Some(n) => {
@@ -764,15 +756,7 @@ fn parse_task(loc: &Locator, raw: &RawManifest, i: usize, t: &RawTask) -> Result
             ))
         }
     };
-    let params = build_task(t.name.get_ref(), &params)
-        .map(|t| t.params())
-        .map_err(|e| {
-            let (span, f) = match (&e, &t.params) {
-                (Error::Params { .. }, Some(p)) => (p.span(), "params"),
-                _ => (t.name.span(), "name"),
-            };
-            loc.at(Some(span), format!("{field}.{f}"), e.to_string())
-        })?;
+    let params = build_located(loc, &field, &t.name, t.params.as_ref(), build_task)?.params();
     let compress_every = match &t.compress_every {
         Some(c) if *c.get_ref() >= 1 => Some(*c.get_ref() as usize),
         Some(c) => {
