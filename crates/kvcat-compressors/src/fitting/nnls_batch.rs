@@ -48,15 +48,17 @@ fn lawson_hanson_heads(g: &Tensor, h: &Tensor) -> Result<Tensor> {
     Ok(Tensor::stack(&w, 0).to_device(g.device()))
 }
 
-/// `G x` for `g` `[H, p, p]`, `x` `[H, p]`.
+/// `G x` for a symmetric `g` `[H, p, p]` and `x` `[H, p]`, computed as `xᵀG`: a `[1, p]`
+/// row times the matrix streams `G` row-major, which MKL runs 3–6× faster on the CPU than the
+/// `[p, 1]` column product `G x` (0.36 ms against 2.4 ms for three 1,024² f64 systems on
+/// 2 threads), and costs the same on CUDA.
 fn bmv(g: &Tensor, x: &Tensor) -> Tensor {
-    g.bmm(&x.unsqueeze(2)).squeeze_dim(2)
+    x.unsqueeze(1).bmm(g).squeeze_dim(1)
 }
 
-/// `½ xᵀGx − hᵀx` per head: `[H]`.
-fn objective(g: &Tensor, h: &Tensor, x: &Tensor) -> Tensor {
-    let gx = bmv(g, x);
-    ((gx * 0.5 - h) * x).sum_dim_intlist(&[1i64][..], false, Kind::Double)
+/// `½ xᵀGx − hᵀx` per head `[H, 1]`, given `gx = G x`.
+fn objective(gx: &Tensor, h: &Tensor, x: &Tensor) -> Tensor {
+    ((gx * 0.5 - h) * x).sum_dim_intlist(&[1i64][..], true, Kind::Double)
 }
 
 /// `λ_max(G_h)` per head `[H, 1]` by 30 power iterations (no host sync).
@@ -72,12 +74,27 @@ fn lambda_max(g: &Tensor) -> Tensor {
     norm
 }
 
+/// The FISTA state of every head: the iterate `w`, the extrapolated point `y`, their
+/// products with `G` (so that an iteration needs one matrix product, `G w_next`:
+/// `G y_next = G w_next + c (G w_next − G w)` by linearity), the momentum `t` and the last
+/// accepted objective.
+struct Fista {
+    w: Tensor,
+    gw: Tensor,
+    y: Tensor,
+    gy: Tensor,
+    t: Tensor,
+    f: Tensor,
+}
+
 /// Batched FISTA with per-head adaptive restart, the batched twin of
 /// [`projected_gradient`](super::nnls::projected_gradient) (same start, step and stopping rule,
-/// applied per head). Returns `w` `[H, p]`.
+/// applied per head). `g` must be symmetric (a Gram matrix); it is symmetrised to the last bit
+/// first. Returns `w` `[H, p]`.
 pub fn projected_gradient_batch(g: &Tensor, h: &Tensor, max_iter: usize) -> Tensor {
     let opts = (Kind::Double, g.device());
-    let lmax = lambda_max(g);
+    let g = (g + g.transpose(1, 2)) * 0.5;
+    let lmax = lambda_max(&g);
     let degenerate = lmax.le(0.0); // [H, 1]: G = 0, the answer is w = 0
     let step = (lmax * 1.05).clamp_min(1e-300).reciprocal();
     let num = h.sum_dim_intlist(&[1i64][..], true, Kind::Double);
@@ -87,32 +104,43 @@ pub fn projected_gradient_batch(g: &Tensor, h: &Tensor, max_iter: usize) -> Tens
     let scale = (num / den.clamp_min(1e-300))
         .clamp_min(0.0)
         .masked_fill(&den.le(0.0), 0.0);
-    let mut w = Tensor::ones(h.size(), opts) * scale;
-    let mut y = w.copy();
-    let mut t = Tensor::ones([h.size()[0], 1], opts);
-    let mut f_prev = objective(g, h, &w).unsqueeze(1);
+    let w = Tensor::ones(h.size(), opts) * scale;
+    let gw = bmv(&g, &w);
+    let mut s = Fista {
+        f: objective(&gw, h, &w),
+        y: w.copy(),
+        gy: gw.copy(),
+        t: Tensor::ones([h.size()[0], 1], opts),
+        w,
+        gw,
+    };
     let mut done = degenerate.shallow_clone();
     for it in 0..max_iter {
-        let grad = bmv(g, &y) - h;
-        let w_next = (&y - grad * &step).clamp_min(0.0);
-        let f_next = objective(g, h, &w_next).unsqueeze(1);
-        let restart = f_next.gt_tensor(&f_prev).logical_or(&done);
-        let t_next = ((&t * &t * 4.0 + 1.0).sqrt() + 1.0) / 2.0;
-        let diff = &w_next - &w;
-        let y_next = &w_next + &diff * ((&t - 1.0) / &t_next);
+        let w_next = (&s.y - (&s.gy - h) * &step).clamp_min(0.0);
+        let gw_next = bmv(&g, &w_next);
+        let f_next = objective(&gw_next, h, &w_next);
+        // restart (the objective rose) or frozen: keep w, y = w, t = 1
+        let keep = f_next.gt_tensor(&s.f).logical_or(&done);
+        let accept = keep.logical_not();
+        let t_next = ((&s.t * &s.t * 4.0 + 1.0).sqrt() + 1.0) / 2.0;
+        let c = (&s.t - 1.0) / &t_next;
+        let diff = &w_next - &s.w;
+        let y_next = &w_next + &diff * &c;
+        let gy_next = &gw_next + (&gw_next - &s.gw) * &c;
         let rel = diff.norm_scalaropt_dim(2, &[1i64][..], true)
             / w_next
                 .norm_scalaropt_dim(2, &[1i64][..], true)
                 .clamp_min(1e-300);
-        // restart: keep w, y = w, t = 1; frozen heads keep everything
-        y = y_next.where_self(&restart.logical_not(), &w);
-        t = t_next.where_self(&restart.logical_not(), &Tensor::ones_like(&t));
-        f_prev = f_next.where_self(&restart.logical_not(), &f_prev);
-        w = w_next.where_self(&restart.logical_not(), &w);
-        done = done.logical_or(&restart.logical_not().logical_and(&rel.lt(1e-10)));
+        s.y = y_next.where_self(&accept, &s.w);
+        s.gy = gy_next.where_self(&accept, &s.gw);
+        s.t = t_next.where_self(&accept, &Tensor::ones_like(&s.t));
+        s.f = f_next.where_self(&accept, &s.f);
+        s.w = w_next.where_self(&accept, &s.w);
+        s.gw = gw_next.where_self(&accept, &s.gw);
+        done = done.logical_or(&accept.logical_and(&rel.lt(1e-10)));
         if (it + 1) % CHECK_EVERY == 0 && done.all().int64_value(&[]) != 0 {
             break;
         }
     }
-    w.masked_fill(&degenerate, 0.0).clamp_min(0.0)
+    s.w.masked_fill(&degenerate, 0.0).clamp_min(0.0)
 }
