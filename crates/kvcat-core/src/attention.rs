@@ -168,15 +168,9 @@ impl Attention {
         let s = q.size();
         let (b, d) = (s[0], s[3]);
         let kind = q.kind();
-        let slots = layer.slots();
-        let mut mask = match &layer.keep {
-            Some(keep) => Tensor::zeros([b, self.num_kv_heads, slots], (kind, q.device()))
-                .masked_fill(&keep.logical_not(), f64::NEG_INFINITY),
-            None => Tensor::zeros([b, self.num_kv_heads, slots], (kind, q.device())),
-        };
-        if let Some(bias) = &layer.bias {
-            mask += bias.to_kind(kind);
-        }
+        let mask = slot_mask(layer, 0, layer.slots(), kind).unwrap_or_else(|| {
+            Tensor::zeros([b, self.num_kv_heads, layer.slots()], (kind, q.device()))
+        });
         let grouped = q.view([b, self.num_kv_heads, self.groups(), d]);
         Tensor::scaled_dot_product_attention(
             &grouped,
@@ -189,6 +183,59 @@ impl Attention {
             false,
         )
         .view([b, self.num_heads, 1, d])
+    }
+
+    /// Attention of `t > 1` new tokens `q` `[b, heads, t, d]` over `past > 0` cached slots and
+    /// themselves (the last `t` slots of `layer`), on the CPU, as two flash-attention calls
+    /// merged by their log-sum-exps: a softmax over a union of key sets is the two partial
+    /// softmaxes weighted by `σ(lse_past − lse_new)`. The cached part sees only the cache's own
+    /// mask (keep and bias), `[b, heads, 1, past]` broadcast over the queries; the new part is
+    /// plainly causal. One fused call would need a materialised `[b, heads, t, past + t]` mask
+    /// and could not skip causally hidden blocks: for a 4,096-token suffix over 1,024 fitted
+    /// slots with SmolLM2's heads this is 0.21 s instead of 0.65 s per layer (2 threads).
+    /// Used for inference only (see [`splits_cached_attention`]). Returns `[b, heads, t, d]`.
+    fn split_cached_attention(
+        &self,
+        q: &Tensor,
+        layer: &LayerCache,
+        past: i64,
+        scale: f64,
+    ) -> Tensor {
+        let t = q.size()[2];
+        let kind = q.kind();
+        let part = |x: &Tensor, from: i64, n: i64| self.expand_kv(&x.narrow(2, from, n));
+        let mask = slot_mask(layer, 0, past, kind).map(|m| {
+            let m = self.expand_kv(&m).unsqueeze(2); // [b, heads, 1, past]
+            let s = m.size();
+            m.expand([s[0], s[1], t, past], false)
+        });
+        let (o_past, mut lse_past) = Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
+            q,
+            &part(&layer.k, 0, past),
+            &part(&layer.v, 0, past),
+            0.0,
+            false,
+            mask,
+            scale,
+        );
+        if let Some(keep) = &layer.keep {
+            // the kernel reports lse 0, not −inf, for a head that sees no cached slot
+            let blind = keep.narrow(2, 0, past).any_dim(2, true).logical_not(); // [b, kv, 1]
+            lse_past = lse_past.masked_fill(&self.expand_kv(&blind), f64::NEG_INFINITY);
+        }
+        let (o_new, lse_new) = Tensor::internal_scaled_dot_product_flash_attention_for_cpu(
+            q,
+            &part(&layer.k, past, t),
+            &part(&layer.v, past, t),
+            0.0,
+            true,
+            None::<Tensor>,
+            scale,
+        );
+        let w = (lse_past - lse_new).sigmoid().unsqueeze(-1); // [b, heads, t, 1], f32
+        let mixed: Tensor =
+            o_past.to_kind(Kind::Float) * &w + o_new.to_kind(Kind::Float) * (1.0 - &w);
+        mixed.to_kind(kind)
     }
 
     /// Attention of the new tokens `x` `[b, t, hidden]` (already normed) at `positions` `[t]`
@@ -239,18 +286,17 @@ impl Attention {
             && !capture.attention
             && layer_bias.is_none()
             && (layer.keep.is_some() || layer.bias.is_some());
-        let mask = if single_masked {
-            None
-        } else {
-            self.additive_mask(layer, b, t, past, layer_bias, q.kind())?
-        };
         let y = if single_masked {
             self.single_token_attention(&q, layer, scale)
         } else if capture.attention {
+            let mask = self.additive_mask(layer, b, t, past, layer_bias, q.kind())?;
             let (y, probs) = self.explicit_attention(&q, layer, mask.as_ref(), past, scale);
             caught.attention = Some(probs);
             y
+        } else if layer_bias.is_none() && splits_cached_attention(&q, past) {
+            self.split_cached_attention(&q, layer, past, scale)
         } else {
+            let mask = self.additive_mask(layer, b, t, past, layer_bias, q.kind())?;
             fused_attention(&q, layer, mask, past, scale)
         };
         let out = self.o_proj.forward(&y.transpose(1, 2).contiguous().view([
@@ -329,6 +375,36 @@ impl Attention {
         }
         Ok(Some(mask.expand([b, self.num_heads, t, total], false)))
     }
+}
+
+/// Whether new queries `q` `[b, heads, t, d]` after `past` cached slots take
+/// [`split_cached_attention`](Attention::split_cached_attention): several new tokens
+/// after a cache, on the CPU, in a floating dtype that the CPU flash kernel takes, and with no
+/// gradient to record (training keeps the single fused call and its well-trodden backward).
+fn splits_cached_attention(q: &Tensor, past: i64) -> bool {
+    q.size()[2] > 1
+        && past > 0
+        && q.device() == tch::Device::Cpu
+        && matches!(q.kind(), Kind::Float | Kind::BFloat16 | Kind::Half)
+        && !q.requires_grad()
+}
+
+/// The cache's own additive mask over slots `from..from + n`: `[b, kv_heads, n]` in `kind`,
+/// `-inf` where the keep mask hides a slot, plus the per-slot bias β; `None` when the layer
+/// has neither.
+fn slot_mask(layer: &LayerCache, from: i64, n: i64, kind: Kind) -> Option<Tensor> {
+    if layer.keep.is_none() && layer.bias.is_none() {
+        return None;
+    }
+    let s = layer.k.size();
+    let mut mask = Tensor::zeros([s[0], s[1], n], (kind, layer.k.device()));
+    if let Some(keep) = &layer.keep {
+        mask = mask.masked_fill(&keep.narrow(2, from, n).logical_not(), f64::NEG_INFINITY);
+    }
+    if let Some(bias) = &layer.bias {
+        mask += bias.narrow(2, from, n).to_kind(kind);
+    }
+    Some(mask)
 }
 
 /// Attention through libtorch's fused kernel (grouped-query heads enabled): `q`

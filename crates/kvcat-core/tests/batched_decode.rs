@@ -115,6 +115,41 @@ fn single_token_attention_with_keep_mask_equals_the_general_path() {
     assert!(diff < 1e-5, "{diff}");
 }
 
+/// Logits of `tokens` fed after `cache` by the default path and by the explicit softmax path
+/// (capturing attention builds the full `[b, heads, t, slots]` additive mask).
+fn default_and_explicit(model: &Model, cache: &KvCache, tokens: &Tensor) -> (Tensor, Tensor) {
+    let fast = model.forward(tokens, &mut cache.copy()).unwrap();
+    let opts = ForwardOptions {
+        capture_attention: true,
+        logits: Logits::All,
+        ..Default::default()
+    };
+    let general = model
+        .forward_with(tokens, &mut cache.copy(), &opts)
+        .unwrap();
+    (fast, general.logits.unwrap())
+}
+
+#[test]
+fn several_new_tokens_over_a_cache_equal_the_general_path() {
+    let _g = tch::no_grad_guard();
+    let model = tiny();
+    let tokens = ids(6, 14);
+    // A plain cache (causal over the cached slots only), then a compressed one with a keep
+    // mask and a bias, one of whose heads sees no cached slot at all in layer 0.
+    let plain = model.prefill(&ids(17, 15)).unwrap();
+    let mut masked = compressed(&model, 24, 12);
+    let keep = masked.layers[0].keep.as_ref().unwrap();
+    let blind = keep.index_fill(1, &Tensor::from_slice(&[1i64]), 0);
+    masked.layers[0].keep = Some(blind);
+    for cache in [&plain, &masked] {
+        let (fast, general) = default_and_explicit(&model, cache, &tokens);
+        let diff = (&fast - &general).abs().max().double_value(&[]);
+        assert!(diff < 1e-5, "{diff}");
+        assert!(fast.isfinite().all().int64_value(&[]) == 1);
+    }
+}
+
 #[test]
 fn stack_pads_with_hidden_slots_and_counts_held_bytes() {
     let model = tiny();
