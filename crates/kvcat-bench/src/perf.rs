@@ -241,14 +241,32 @@ pub fn train_step_seconds(
     })
 }
 
-/// Trained tokens per second of one policy with default parameters and loss weights, on a
-/// `[train_batch, train_len]` micro-batch with prefix `T/2` of which a quarter is kept.
+/// The `kvcat perf` training entry that is not a policy: plain next-token training (policy
+/// `none` with only the unmasked term, `w_mask = w_kd = 0`, `w_full = 1`: one forward, one
+/// cross-entropy, one backward), the baseline that the KV-CAT loss is compared with and what
+/// `tools/perf_hf.py` times for transformers.
+pub const PLAIN: &str = "plain";
+
+/// Trained tokens per second of one policy with default parameters and loss weights (or of
+/// [`PLAIN`] training), on a `[train_batch, train_len]` micro-batch with prefix `T/2` of
+/// which a quarter is kept.
 pub fn train_tok_s(model: &Model, plan: &PerfPlan, policy: &str) -> Result<f64> {
     let prefix = (plan.train_len / 2).max(1);
+    let plain = LossConfig {
+        w_mask: 0.0,
+        w_kd: 0.0,
+        w_full: 1.0,
+        ..LossConfig::default()
+    };
+    let (policy, loss) = if policy == PLAIN {
+        ("none", plain)
+    } else {
+        (policy, LossConfig::default())
+    };
     let shape = TrainShape {
         policy,
         policy_params: &toml::Table::new(),
-        loss: &LossConfig::default(),
+        loss: &loss,
         batch: plan.train_batch,
         len: plan.train_len,
         prefix,
@@ -264,10 +282,11 @@ pub fn all_compressors() -> Result<Vec<String>> {
     Ok(map.keys().map(|k| k.to_string()).collect())
 }
 
-/// Every registered policy name.
+/// [`PLAIN`] and every registered policy name.
 pub fn all_policies() -> Result<Vec<String>> {
     let map = registry::all::<PolicyDescriptor>()?;
-    Ok(map.keys().map(|k| k.to_string()).collect())
+    let names = map.keys().map(|k| k.to_string());
+    Ok(std::iter::once(PLAIN.to_string()).chain(names).collect())
 }
 
 /// Runs the whole plan: prefill at each length, decode, compression, then training (last,

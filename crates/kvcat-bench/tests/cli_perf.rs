@@ -47,7 +47,7 @@ fn perf_json_has_every_section_with_positive_numbers() {
         "--budget",
         "0.5",
         "--policies",
-        "none,rand",
+        "plain,none,rand",
         "--train-batch",
         "2",
         "--train-len",
@@ -77,8 +77,8 @@ fn perf_json_has_every_section_with_positive_numbers() {
     }
     assert!(r["compress_failed"].as_object().unwrap().is_empty(), "{r}");
     let train = r["train_tok_s"].as_object().unwrap();
-    assert_eq!(train.len(), 2, "{r}");
-    for name in ["none", "rand"] {
+    assert_eq!(train.len(), 3, "{r}");
+    for name in ["plain", "none", "rand"] {
         positive(&train[name], &format!("train_tok_s.{name}"));
     }
     assert_eq!(r["device"], "cpu");

@@ -71,7 +71,8 @@ pub struct PerfArgs {
     pub compress_len: Option<i64>,
     #[arg(long, default_value = "0.25")]
     pub budget: Budget,
-    /// Training: policies (default: every registered one) and the micro-batch.
+    /// Training: policies (default: `plain` next-token training, then every registered
+    /// policy under the default KV-CAT loss) and the micro-batch.
     #[arg(long, value_delimiter = ',')]
     pub policies: Vec<String>,
     #[arg(long, default_value_t = 8)]

@@ -104,13 +104,19 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
+            // The same arithmetic as `m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²;
+            // w −= lr·(m/bc₁)/(√(v/bc₂) + ε)`, with the temporaries updated in place: four
+            // allocations per parameter instead of nine, bit for bit the same result.
             let g = g.to_kind(Kind::Float);
             let _ = s.m.g_mul_scalar_(c.beta1);
             let _ = s.m.g_add_(&(&g * (1.0 - c.beta1)));
             let _ = s.v.g_mul_scalar_(c.beta2);
-            let _ = s.v.g_add_(&(g.pow_tensor_scalar(2) * (1.0 - c.beta2)));
-            let denom = (&s.v / bc2).sqrt() + c.eps;
-            let update = (&s.m / bc1) / denom;
+            let mut g2 = g.pow_tensor_scalar(2);
+            let _ = s.v.g_add_(&g2.g_mul_scalar_(1.0 - c.beta2));
+            let mut denom = &s.v / bc2;
+            let _ = denom.sqrt_().g_add_scalar_(c.eps);
+            let mut update = &s.m / bc1;
+            let _ = update.g_div_(&denom).g_mul_scalar_(-lr);
             let w = match &mut s.master {
                 Some(m) => m,
                 None => &mut s.param,
@@ -118,7 +124,7 @@ impl AdamW {
             if s.decay && c.weight_decay > 0.0 {
                 let _ = w.g_mul_scalar_(1.0 - lr * c.weight_decay);
             }
-            let _ = w.g_add_(&(update * (-lr)));
+            let _ = w.g_add_(&update);
             if let Some(m) = &s.master {
                 s.param.copy_(&m.to_kind(s.param.kind()));
             }
@@ -177,5 +183,37 @@ impl AdamW {
         }
         self.step = step;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The in-place step is the textbook AdamW arithmetic, bit for bit: training runs (and
+    /// the quickstart's results) do not move when the temporaries are reused.
+    #[test]
+    fn step_equals_the_textbook_arithmetic_bit_for_bit() {
+        tch::manual_seed(3);
+        let cfg = OptimConfig::default();
+        let w0 = Tensor::randn([7, 5], (Kind::Float, tch::Device::Cpu));
+        let param = w0.copy().set_requires_grad(true);
+        let mut opt = AdamW::new(vec![("w".into(), param.shallow_clone())], &cfg);
+        let (mut w, mut m, mut v) = (w0.copy(), w0.zeros_like(), w0.zeros_like());
+        for step in 1..=4 {
+            let g = Tensor::randn([7, 5], (Kind::Float, tch::Device::Cpu));
+            opt.zero_grad();
+            (&param * &g).sum(Kind::Float).backward(); // the gradient is g
+            let _g = tch::no_grad_guard();
+            let lr = 1e-2 / step as f64;
+            opt.step(lr);
+            let bc1 = 1.0 - cfg.beta1.powi(step);
+            let bc2 = 1.0 - cfg.beta2.powi(step);
+            m = &m * cfg.beta1 + &g * (1.0 - cfg.beta1);
+            v = &v * cfg.beta2 + g.pow_tensor_scalar(2) * (1.0 - cfg.beta2);
+            let update = (&m / bc1) / ((&v / bc2).sqrt() + cfg.eps);
+            w = &w * (1.0 - lr * cfg.weight_decay) + update * (-lr);
+            assert!(param.equal(&w), "step {step} differs");
+        }
     }
 }
