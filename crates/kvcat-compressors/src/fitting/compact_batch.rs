@@ -63,38 +63,22 @@ pub fn compact_heads(
         )));
     }
     let f = Kind::Double;
-    let (q, k, v) = (q.to_kind(f), k.to_kind(f), v.to_kind(f));
-    let mut logits = q.matmul(&k.transpose(1, 2)) * (1.0 / (ks[2] as f64).sqrt()); // [H, n, s]
-    let visible = match offset {
-        Some(o) => {
-            let o = o.to_kind(f);
-            logits += o.unsqueeze(1);
-            o.isfinite()
-        }
-        None => Tensor::ones([ks[0], ks[1]], (Kind::Bool, k.device())),
-    };
-    let shift = logits.amax(&[2i64][..], true);
-    let e = (logits - shift).exp();
-    let probs = &e / e.sum_dim_intlist(&[2i64][..], true, f); // = the row-normalised mass system
-    let out = probs.matmul(&v); // [H, n, d]
-    let rms = probs
-        .pow_tensor_scalar(2)
-        .mean_dim(&[1i64][..], false, f)
-        .sqrt()
-        .masked_fill(&visible.logical_not(), -1.0);
-    let index = rms.topk(t, 1, true, true).1.sort(1, false).0; // [H, t]
-    let a_sel = probs.gather(
+    let att = ReferenceAttention::new(q, k, v, offset);
+    let index = att.top_rms(t); // [H, t]
+    let picks = att.probs.gather(
         2,
         &index.unsqueeze(1).expand([qs[0], qs[1], t], false),
         false,
-    );
-    let w = mass_weights(&a_sel, opts)?;
+    ); // [H, n, t], in the attention's precision, like the NNLS on its Gram matrix
+    let w = mass_weights(&picks, opts)?.to_kind(f);
+    let a_sel = picks.to_kind(f);
+    let (out, visible) = (att.out, att.visible);
     let ones = Tensor::ones([qs[0], qs[1]], (f, k.device()));
     let rel_mass_error = (bmv(&a_sel, &w) - &ones)
         .pow_tensor_scalar(2)
         .mean_dim(&[1i64][..], false, f)
         .sqrt();
-    let v_sel = gather_rows(&v, &index);
+    let v_sel = gather_rows(v, &index).to_kind(f);
     let xw = &a_sel * w.unsqueeze(1);
     let x = &xw / xw.sum_dim_intlist(&[2i64][..], true, f).clamp_min(1e-300); // [H, n, t]
     let picked_visible = visible.gather(1, &index, false);
@@ -112,7 +96,7 @@ pub fn compact_heads(
             .norm_scalaropt_dim(2, &[1i64, 2][..], false)
             .clamp_min(1e-300);
     Ok(HeadsFit {
-        k: gather_rows(&k, &index),
+        k: gather_rows(k, &index).to_kind(f),
         v: v_fit,
         bias: w.log(),
         visible: picked_visible,
@@ -122,21 +106,88 @@ pub fn compact_heads(
     })
 }
 
+/// The original attention of the reference queries, in the cache's precision (f64 caches stay
+/// f64, anything else runs in f32, as the model's own softmax does): the `[H, n, s]` part of a
+/// fit, which dominates its memory traffic. The NNLS for β then iterates in that precision
+/// too (its exact solver and the value least squares run in f64). On SmolLM2 at 4,096 tokens
+/// (budget 0.25) this took a compression from 41 s to 26 s on 2 CPU threads with the same fit
+/// error (0.0340 both) and continuation KL 0.0692 against 0.0688 (docs/benchmarks/performance.md).
+struct ReferenceAttention {
+    /// Row-normalised attention `[H, n, s]` (hidden slots exactly 0): the mass system.
+    probs: Tensor,
+    /// Original outputs `[H, n, d]`, f64.
+    out: Tensor,
+    /// Visible slots `[H, s]` bool.
+    visible: Tensor,
+}
+
+impl ReferenceAttention {
+    fn new(q: &Tensor, k: &Tensor, v: &Tensor, offset: Option<&Tensor>) -> Self {
+        let work = if k.kind() == Kind::Double {
+            Kind::Double
+        } else {
+            Kind::Float
+        };
+        let (q, k) = (q.to_kind(work), k.to_kind(work));
+        let (heads, slots, d) = (k.size()[0], k.size()[1], k.size()[2]);
+        let mut logits = q.matmul(&k.transpose(1, 2)) * (1.0 / (d as f64).sqrt()); // [H, n, s]
+        let visible = match offset {
+            Some(o) => {
+                logits += o.to_kind(work).unsqueeze(1);
+                o.isfinite()
+            }
+            None => Tensor::ones([heads, slots], (Kind::Bool, k.device())),
+        };
+        let shift = logits.amax(&[2i64][..], true);
+        let mut probs = logits;
+        let _ = probs.g_sub_(&shift).exp_();
+        let mass = probs.sum_dim_intlist(&[2i64][..], true, work);
+        let _ = probs.g_div_(&mass);
+        let out = probs.matmul(&v.to_kind(work)).to_kind(Kind::Double);
+        ReferenceAttention {
+            probs,
+            out,
+            visible,
+        }
+    }
+
+    /// The `t` visible slots of highest root-mean-square attention per head, ascending:
+    /// `[H, t]` (a head with fewer visible slots also gets hidden ones). Ranks by the L2 norm
+    /// over the queries, which orders slots as the RMS does.
+    fn top_rms(&self, t: i64) -> Tensor {
+        let norm = self
+            .probs
+            .norm_scalaropt_dim(2, &[1i64][..], false)
+            .masked_fill(&self.visible.logical_not(), -1.0);
+        norm.topk(t, 1, true, true).1.sort(1, false).0
+    }
+}
+
 /// `A x` for `a` `[H, n, p]`, `x` `[H, p]`: `[H, n]`.
 fn bmv(a: &Tensor, x: &Tensor) -> Tensor {
     a.bmm(&x.unsqueeze(2)).squeeze_dim(2)
 }
 
 /// Mass weights `w = exp(β)` `[H, t]` from NNLS on `a_sel` `[H, n, t]` against all ones,
-/// floored at `opts.weight_floor` (or all ones when β is not fitted).
+/// floored at `opts.weight_floor` (or all ones when β is not fitted), in the kind of `a_sel`.
+/// The exact solver (small `t`) gets an f64 system; projected gradient iterates in the kind of
+/// `a_sel`, so an f32 system streams half the bytes per Gram product.
 fn mass_weights(a_sel: &Tensor, opts: &CompactOptions) -> Result<Tensor> {
     let s = a_sel.size();
     if !opts.fit_bias {
-        return Ok(Tensor::ones([s[0], s[2]], (Kind::Double, a_sel.device())));
+        return Ok(Tensor::ones([s[0], s[2]], (a_sel.kind(), a_sel.device())));
     }
+    let kind = a_sel.kind();
+    let a_sel = if opts.nnls.is_exact(s[2] as usize) {
+        a_sel.to_kind(Kind::Double)
+    } else {
+        a_sel.shallow_clone()
+    };
+    let a_sel = &a_sel;
     let g = a_sel.transpose(1, 2).bmm(a_sel); // [H, t, t]
-    let h = a_sel.sum_dim_intlist(&[1i64][..], false, Kind::Double); // Aᵀ1: [H, t]
-    Ok(nnls_batch(&g, &h, opts.nnls, opts.nnls_max_iter)?.clamp_min(opts.weight_floor))
+    let h = a_sel.sum_dim_intlist(&[1i64][..], false, a_sel.kind()); // Aᵀ1: [H, t]
+    let w = nnls_batch(&g, &h, opts.nnls, opts.nnls_max_iter)?;
+    Ok(w.clamp_min(opts.weight_floor).to_kind(kind))
 }
 
 /// Ridge least squares for the values, regularised towards the kept originals: per head

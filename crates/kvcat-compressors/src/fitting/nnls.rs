@@ -27,16 +27,26 @@ pub enum Method {
     ProjectedGradient,
 }
 
+impl Method {
+    /// Whether a problem with `p` unknowns is solved exactly (Lawson–Hanson).
+    pub fn is_exact(self, p: usize) -> bool {
+        match self {
+            Method::LawsonHanson => true,
+            Method::ProjectedGradient => false,
+            Method::Auto { exact_max } => p <= exact_max,
+        }
+    }
+}
+
 /// Solves `min ‖A w − b‖², w ≥ 0` for `a` `[n, p]`, `b` `[n]` (any float kind, any device;
 /// computed in f64 on the CPU). Returns `w` `[p]` as f64 on the CPU.
 pub fn nnls(a: &Tensor, b: &Tensor, method: Method, max_iter: usize) -> Result<Tensor> {
     let (g, h) = normal_equations(a, b)?;
     let p = h.size()[0] as usize;
-    match method {
-        Method::LawsonHanson => lawson_hanson(&g, &h),
-        Method::ProjectedGradient => Ok(projected_gradient(&g, &h, None, max_iter)),
-        Method::Auto { exact_max } if p <= exact_max => lawson_hanson(&g, &h),
-        Method::Auto { .. } => Ok(projected_gradient(&g, &h, None, max_iter)),
+    if method.is_exact(p) {
+        lawson_hanson(&g, &h)
+    } else {
+        Ok(projected_gradient(&g, &h, None, max_iter))
     }
 }
 

@@ -1,5 +1,5 @@
 //! NNLS for many independent heads at once, `min ‖A_h w_h − b_h‖², w_h ≥ 0`, on the normal
-//! equations `G` `[H, p, p]`, `h` `[H, p]` (f64, any device).
+//! equations `G` `[H, p, p]`, `h` `[H, p]` (f32 or f64, any device).
 //!
 //! The same two solvers as [`nnls`](super::nnls): exact Lawson–Hanson (1974) for small `p`
 //! (host code, one device→host copy for all heads), and FISTA projected gradient (Beck &
@@ -15,8 +15,9 @@ use tch::{Kind, Tensor};
 /// Iterations between convergence checks (host syncs) of the batched projected gradient.
 pub const CHECK_EVERY: usize = 50;
 
-/// Solves every head's NNLS for `g` `[H, p, p]`, `h` `[H, p]` (f64). Returns `w` `[H, p]` f64 on
-/// the device of `g`, every entry `≥ 0`.
+/// Solves every head's NNLS for `g` `[H, p, p]`, `h` `[H, p]` (f32 or f64: projected gradient
+/// iterates in that precision, Lawson–Hanson always solves in f64 on the host). Returns `w`
+/// `[H, p]` in the kind and on the device of `g`, every entry `≥ 0`.
 pub fn nnls_batch(g: &Tensor, h: &Tensor, method: Method, max_iter: usize) -> Result<Tensor> {
     let (gs, hs) = (g.size(), h.size());
     if gs.len() != 3 || hs.len() != 2 || gs[0] != hs[0] || gs[1] != hs[1] || gs[2] != hs[1] {
@@ -25,12 +26,7 @@ pub fn nnls_batch(g: &Tensor, h: &Tensor, method: Method, max_iter: usize) -> Re
         )));
     }
     let p = hs[1] as usize;
-    let exact = match method {
-        Method::LawsonHanson => true,
-        Method::ProjectedGradient => false,
-        Method::Auto { exact_max } => p <= exact_max,
-    };
-    if exact {
+    if method.is_exact(p) {
         lawson_hanson_heads(g, h)
     } else {
         Ok(projected_gradient_batch(g, h, max_iter))
@@ -40,12 +36,22 @@ pub fn nnls_batch(g: &Tensor, h: &Tensor, method: Method, max_iter: usize) -> Re
 /// Lawson–Hanson per head on the host; one copy of all heads' systems each way.
 fn lawson_hanson_heads(g: &Tensor, h: &Tensor) -> Result<Tensor> {
     let cpu = tch::Device::Cpu;
-    let (g_cpu, h_cpu) = (g.to_device(cpu), h.to_device(cpu));
+    let f64 = |x: &Tensor| x.to_device(cpu).to_kind(Kind::Double);
+    let (g_cpu, h_cpu) = (f64(g), f64(h));
     let heads = h.size()[0];
     let w: Vec<Tensor> = (0..heads)
         .map(|i| lawson_hanson(&g_cpu.get(i), &h_cpu.get(i)))
         .collect::<Result<_>>()?;
-    Ok(Tensor::stack(&w, 0).to_device(g.device()))
+    Ok(Tensor::stack(&w, 0).to_device(g.device()).to_kind(g.kind()))
+}
+
+/// A positive floor for divisors that does not flush to 0 in `kind` (f32 or f64).
+fn tiny(kind: Kind) -> f64 {
+    if kind == Kind::Double {
+        1e-300
+    } else {
+        1e-30
+    }
 }
 
 /// `G x` for a symmetric `g` `[H, p, p]` and `x` `[H, p]`, computed as `xᵀG`: a `[1, p]`
@@ -58,18 +64,18 @@ fn bmv(g: &Tensor, x: &Tensor) -> Tensor {
 
 /// `½ xᵀGx − hᵀx` per head `[H, 1]`, given `gx = G x`.
 fn objective(gx: &Tensor, h: &Tensor, x: &Tensor) -> Tensor {
-    ((gx * 0.5 - h) * x).sum_dim_intlist(&[1i64][..], true, Kind::Double)
+    ((gx * 0.5 - h) * x).sum_dim_intlist(&[1i64][..], true, x.kind())
 }
 
 /// `λ_max(G_h)` per head `[H, 1]` by 30 power iterations (no host sync).
 fn lambda_max(g: &Tensor) -> Tensor {
     let s = g.size();
-    let mut u = Tensor::ones([s[0], s[1]], (Kind::Double, g.device())) / (s[1] as f64).sqrt();
-    let mut norm = Tensor::zeros([s[0], 1], (Kind::Double, g.device()));
+    let mut u = Tensor::ones([s[0], s[1]], (g.kind(), g.device())) / (s[1] as f64).sqrt();
+    let mut norm = Tensor::zeros([s[0], 1], (g.kind(), g.device()));
     for _ in 0..30 {
         let gu = bmv(g, &u);
         norm = gu.norm_scalaropt_dim(2, &[1i64][..], true);
-        u = gu / norm.clamp_min(1e-300);
+        u = gu / norm.clamp_min(tiny(g.kind()));
     }
     norm
 }
@@ -92,16 +98,17 @@ struct Fista {
 /// applied per head). `g` must be symmetric (a Gram matrix); it is symmetrised to the last bit
 /// first. Returns `w` `[H, p]`.
 pub fn projected_gradient_batch(g: &Tensor, h: &Tensor, max_iter: usize) -> Tensor {
-    let opts = (Kind::Double, g.device());
+    let opts = (g.kind(), g.device());
     let g = (g + g.transpose(1, 2)) * 0.5;
     let lmax = lambda_max(&g);
     let degenerate = lmax.le(0.0); // [H, 1]: G = 0, the answer is w = 0
-    let step = (lmax * 1.05).clamp_min(1e-300).reciprocal();
-    let num = h.sum_dim_intlist(&[1i64][..], true, Kind::Double);
+    let eps = tiny(opts.0);
+    let step = (lmax * 1.05).clamp_min(eps).reciprocal();
+    let num = h.sum_dim_intlist(&[1i64][..], true, opts.0);
     let den = g
-        .sum_dim_intlist(&[1i64, 2][..], false, Kind::Double)
+        .sum_dim_intlist(&[1i64, 2][..], false, opts.0)
         .unsqueeze(1);
-    let scale = (num / den.clamp_min(1e-300))
+    let scale = (num / den.clamp_min(eps))
         .clamp_min(0.0)
         .masked_fill(&den.le(0.0), 0.0);
     let w = Tensor::ones(h.size(), opts) * scale;
@@ -130,7 +137,7 @@ pub fn projected_gradient_batch(g: &Tensor, h: &Tensor, max_iter: usize) -> Tens
         let rel = diff.norm_scalaropt_dim(2, &[1i64][..], true)
             / w_next
                 .norm_scalaropt_dim(2, &[1i64][..], true)
-                .clamp_min(1e-300);
+                .clamp_min(eps);
         s.y = y_next.where_self(&accept, &s.w);
         s.gy = gy_next.where_self(&accept, &s.gw);
         s.t = t_next.where_self(&accept, &Tensor::ones_like(&s.t));
