@@ -55,15 +55,31 @@ pub struct StopRule {
     pub patience: usize,
 }
 
-/// Minimises `loss()` (a scalar with gradient to `params`) by Adam at rate `lr` under `rule`.
-/// Returns the loss before each step taken. A non-finite loss is an error naming `what` and
-/// the step.
+/// Minimises `loss()` (a scalar with gradient to `params`) by Adam at rate `lr` under `rule`,
+/// with autograd gradients. Returns the loss before each step taken. A non-finite loss is an
+/// error naming `what` and the step.
 pub fn minimise(
     params: &[&Tensor],
     lr: f64,
     rule: StopRule,
     what: &str,
     mut loss: impl FnMut() -> Result<Tensor>,
+) -> Result<Vec<f64>> {
+    minimise_with_grads(params, lr, rule, what, || {
+        let l = loss()?;
+        let grads = Tensor::f_run_backward(&[&l], params, false, false)?;
+        Ok((l.detach(), grads))
+    })
+}
+
+/// [`minimise`] with the gradients supplied by the caller: `loss_and_grads()` returns the loss
+/// and the gradient of each of `params` (same order), e.g. from a closed form.
+pub fn minimise_with_grads(
+    params: &[&Tensor],
+    lr: f64,
+    rule: StopRule,
+    what: &str,
+    mut loss_and_grads: impl FnMut() -> Result<(Tensor, Vec<Tensor>)>,
 ) -> Result<Vec<f64>> {
     let mut adam = Adam::new(params, lr);
     let mut losses = Vec::with_capacity(rule.steps + 1);
@@ -73,9 +89,8 @@ pub fn minimise(
         if params.is_empty() {
             break;
         }
-        let l = loss()?;
-        pending.push(l.detach().to_kind(tch::Kind::Double));
-        let grads = Tensor::f_run_backward(&[&l], params, false, false)?;
+        let (l, grads) = loss_and_grads()?;
+        pending.push(l.to_kind(tch::Kind::Double));
         adam.step(params, &grads)?;
         if pending.len() < CHECK_EVERY && step < rule.steps {
             continue;

@@ -17,7 +17,7 @@
 //! jointly to the full cache's next-token distribution over a continuation sample
 //! ([`kl`](super::kl)).
 
-use super::adam::{minimise, StopRule};
+use super::adam::{minimise_with_grads, StopRule};
 use super::kl::{fit_kl, KlSettings};
 use super::layer_offset;
 use super::reference::{fit_layers, ReferenceSource};
@@ -117,14 +117,24 @@ pub struct FitTrace {
 /// Attention log-mass and output of grouped queries `q` `[b, h, n, d]` over keys `k`
 /// `[b, h, s, d]`, values `v` and offset `o` `[b, h, s]`: `(lse [b, h, n], out [b, h, n, d])`.
 fn attend(q: &Tensor, k: &Tensor, v: &Tensor, o: Option<&Tensor>) -> (Tensor, Tensor) {
+    let (lse, p) = attention_probs(q, k, o);
+    (lse, p.matmul(v))
+}
+
+/// Log-mass `[b, h, n]` and probabilities `[b, h, n, s]` of `q` over `k` with offset `o`.
+fn attention_probs(q: &Tensor, k: &Tensor, o: Option<&Tensor>) -> (Tensor, Tensor) {
     let scale = 1.0 / (k.size()[3] as f64).sqrt();
     let mut logits = q.matmul(&k.transpose(-2, -1)) * scale;
     if let Some(o) = o {
         logits += o.unsqueeze(2);
     }
     let lse = logits.logsumexp(&[-1i64][..], false);
-    let p = (logits - lse.unsqueeze(-1)).exp();
-    (lse, p.matmul(v))
+    if logits.requires_grad() {
+        let p = (logits - lse.unsqueeze(-1)).exp();
+        return (lse, p);
+    }
+    let _ = logits.g_sub_(&lse.unsqueeze(-1)).exp_(); // no graph to keep: reuse the buffer
+    (lse, logits)
 }
 
 impl KvFitParams {
@@ -151,67 +161,44 @@ impl KvFit {
     ) -> Result<(LayerCache, FitTrace)> {
         let p = &self.params;
         let f = Kind::Float;
-        let q = refs.to_kind(f).detach();
-        let (lse0, out0) = {
-            let _g = tch::no_grad_guard();
-            let off = layer_offset(orig).map(|o| o.to_kind(f));
-            attend(&q, &orig.k.to_kind(f), &orig.v.to_kind(f), off.as_ref())
-        };
-        let out_norm = out0.pow_tensor_scalar(2).mean(f).clamp_min(1e-30);
-        let hidden = init.keep.as_ref().map(|m| {
-            Tensor::zeros_like(&m.to_kind(f)).masked_fill(&m.logical_not(), f64::NEG_INFINITY)
-        });
+        let target = OutputMse::new(orig, init, refs, p.mass_weight);
         let s = init.k.size();
-        let k = init
-            .k
-            .to_kind(f)
-            .detach()
-            .copy()
-            .set_requires_grad(p.fit_keys);
-        let v = init
-            .v
-            .to_kind(f)
-            .detach()
-            .copy()
-            .set_requires_grad(p.fit_values);
+        let free = |x: &Tensor| x.to_kind(f).detach().copy();
+        let (k, v) = (free(&init.k), free(&init.v));
         let beta = match &init.bias {
-            Some(b) => b.to_kind(f).detach().copy(),
+            Some(b) => free(b),
             None => Tensor::zeros([s[0], s[1], s[2]], (f, init.k.device())),
-        }
-        .set_requires_grad(p.fit_bias);
-        let loss_of = |k: &Tensor, v: &Tensor, beta: &Tensor| -> (Tensor, Tensor) {
-            let off = match &hidden {
-                Some(m) => beta + m,
-                None => beta.shallow_clone(),
-            };
-            let (lse, out) = attend(&q, k, v, Some(&off));
-            let out_term = (&out - &out0).pow_tensor_scalar(2).mean(f) / &out_norm;
-            let lse_term = (lse - &lse0).pow_tensor_scalar(2).mean(f);
-            (&out_term + lse_term * p.mass_weight, out_term)
         };
-        let params: Vec<&Tensor> = [(&k, p.fit_keys), (&v, p.fit_values), (&beta, p.fit_bias)]
+        let which = [p.fit_keys, p.fit_values, p.fit_bias];
+        let params: Vec<&Tensor> = [&k, &v, &beta]
             .into_iter()
-            .filter_map(|(t, free)| free.then_some(t))
+            .zip(which)
+            .filter_map(|(t, is_free)| is_free.then_some(t))
             .collect();
         let rule = StopRule {
             steps: p.steps,
             tol: p.tol,
             patience: p.patience,
         };
-        let mut losses = minimise(&params, p.lr, rule, "kv_fit", || {
-            Ok(loss_of(&k, &v, &beta).0)
-        })?;
         let _g = tch::no_grad_guard();
-        let (loss, out_term) = loss_of(&k, &v, &beta);
+        let mut losses = minimise_with_grads(&params, p.lr, rule, "kv_fit", || {
+            let (loss, _, grads) = target.loss_and_grads(&k, &v, &beta);
+            let picked = grads
+                .into_iter()
+                .zip(which)
+                .filter_map(|(g, on)| on.then_some(g));
+            Ok((loss, picked.collect()))
+        })?;
+        let (loss, out_term, _) = target.loss_and_grads(&k, &v, &beta);
         losses.push(loss.double_value(&[]));
         let rel = out_term.double_value(&[]).sqrt();
         let kind = orig.k.kind();
         let layer = LayerCache {
-            k: k.detach().to_kind(kind),
-            v: v.detach().to_kind(kind),
+            k: k.to_kind(kind),
+            v: v.to_kind(kind),
             positions: init.positions.copy(),
             keep: init.keep.as_ref().map(|m| m.copy()),
-            bias: Some(beta.detach()),
+            bias: Some(beta),
         };
         Ok((
             layer,
@@ -220,6 +207,77 @@ impl KvFit {
                 rel_output_error: rel,
             },
         ))
+    }
+}
+
+/// `kv_fit`'s layer objective with its gradient in closed form:
+/// `L = ‖O' − O‖² / (N_O ‖O‖²_mean) + mass_weight · mean_q (lse'_q − lse_q)²` over grouped
+/// reference queries `Q` `[b, h, n, d]`, for free keys `K'`, values `V'` `[b, h, t, d]` and
+/// bias β `[b, h, t]`. With `P = softmax(QK'ᵀ/√d + β)`, `G_O = ∂L/∂O'` and `g_l = ∂L/∂lse'`:
+/// `∂L/∂V' = Pᵀ G_O`, `∂L/∂logits = P ⊙ (G_O V'ᵀ − c + g_l)` with `c_q = G_O,q · O'_q`
+/// (`= Σ_j P_qj (G_O V'ᵀ)_qj`), `∂L/∂K' = (∂L/∂logits)ᵀ Q / √d`, `∂L/∂β = Σ_q ∂L/∂logits`.
+/// Four matmuls and no autograd graph per step; `tests::closed_form_gradient_equals_autograd`.
+struct OutputMse {
+    /// Reference queries `[b, h, n, d]` f32.
+    q: Tensor,
+    /// The full layer's log-mass `[b, h, n]` and output `[b, h, n, d]` on them.
+    lse0: Tensor,
+    out0: Tensor,
+    /// Mean square of `out0` (the output term's normaliser).
+    out_norm: Tensor,
+    /// `-inf` where the starting layer hides a slot `[b, h, t]`.
+    hidden: Option<Tensor>,
+    mass_weight: f64,
+}
+
+impl OutputMse {
+    fn new(orig: &LayerCache, init: &LayerCache, refs: &Tensor, mass_weight: f64) -> Self {
+        let _g = tch::no_grad_guard();
+        let f = Kind::Float;
+        let q = refs.to_kind(f);
+        let off = layer_offset(orig).map(|o| o.to_kind(f));
+        let (lse0, out0) = attend(&q, &orig.k.to_kind(f), &orig.v.to_kind(f), off.as_ref());
+        let out_norm = out0.pow_tensor_scalar(2).mean(f).clamp_min(1e-30);
+        let hidden = init.keep.as_ref().map(|m| {
+            Tensor::zeros_like(&m.to_kind(f)).masked_fill(&m.logical_not(), f64::NEG_INFINITY)
+        });
+        OutputMse {
+            q,
+            lse0,
+            out0,
+            out_norm,
+            hidden,
+            mass_weight,
+        }
+    }
+
+    /// The loss, its output term, and the gradients for `[k, v, beta]`.
+    fn loss_and_grads(
+        &self,
+        k: &Tensor,
+        v: &Tensor,
+        beta: &Tensor,
+    ) -> (Tensor, Tensor, Vec<Tensor>) {
+        let f = Kind::Float;
+        let off = match &self.hidden {
+            Some(m) => beta + m,
+            None => beta.shallow_clone(),
+        };
+        let (lse, probs) = attention_probs(&self.q, k, Some(&off)); // probs [b, h, n, t]
+        let out = probs.matmul(v);
+        let scale = 1.0 / (k.size()[3] as f64).sqrt();
+        let resid = &out - &self.out0;
+        let gap = &lse - &self.lse0;
+        let out_term = resid.pow_tensor_scalar(2).mean(f) / &self.out_norm;
+        let loss = &out_term + gap.pow_tensor_scalar(2).mean(f) * self.mass_weight;
+        let g_out = resid * (&self.out_norm * self.out0.numel() as f64).reciprocal() * 2.0;
+        let g_lse = gap * (2.0 * self.mass_weight / lse.numel() as f64);
+        let c = (&g_out * &out).sum_dim_intlist(&[-1i64][..], false, f);
+        let dv = probs.transpose(-2, -1).matmul(&g_out);
+        let dlogits = (g_out.matmul(&v.transpose(-2, -1)) + (g_lse - c).unsqueeze(-1)) * &probs;
+        let dk = dlogits.transpose(-2, -1).matmul(&self.q) * scale;
+        let dbeta = dlogits.sum_dim_intlist(&[2i64][..], false, f);
+        (loss, out_term, vec![dk, dv, dbeta])
     }
 }
 
@@ -388,5 +446,66 @@ inventory::submit! {
         description: "gradient-based KV fitting: free k, v, β from an eviction init, Adam on attention-output MSE",
         defaults: || to_table(&KvFitParams::default()),
         build,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The closed-form loss and gradients of `OutputMse` equal autograd's on the same loss,
+    /// with a hidden slot in one head.
+    #[test]
+    fn closed_form_gradient_equals_autograd() {
+        tch::manual_seed(9);
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let (b, h, n, s, t, d) = (1, 2, 12, 20, 6, 8);
+        let full = LayerCache {
+            k: Tensor::randn([b, h, s, d], opts),
+            v: Tensor::randn([b, h, s, d], opts),
+            positions: Tensor::zeros([b, h, s], (Kind::Int64, tch::Device::Cpu)),
+            keep: None,
+            bias: None,
+        };
+        let keep = Tensor::ones([b, h, t], (Kind::Bool, tch::Device::Cpu)).index_fill(
+            2,
+            &Tensor::from_slice(&[2i64]),
+            0,
+        );
+        let init = LayerCache {
+            keep: Some(keep),
+            ..full
+                .gather(&Tensor::arange(t, (Kind::Int64, tch::Device::Cpu)).expand([b, h, t], true))
+        };
+        let refs = Tensor::randn([b, h, n, d], opts);
+        let target = OutputMse::new(&full, &init, &refs, 0.3);
+        let k = init.k.copy().set_requires_grad(true);
+        let v = init.v.copy().set_requires_grad(true);
+        let beta = (Tensor::randn([b, h, t], opts) * 0.1).set_requires_grad(true);
+        let (loss, _, grads) = tch::no_grad(|| target.loss_and_grads(&k, &v, &beta));
+        // The same loss through autograd.
+        let off = &beta + target.hidden.as_ref().unwrap();
+        let (lse, out) = attend(&target.q, &k, &v, Some(&off));
+        let auto = (&out - &target.out0).pow_tensor_scalar(2).mean(Kind::Float) / &target.out_norm
+            + (lse - &target.lse0).pow_tensor_scalar(2).mean(Kind::Float) * 0.3;
+        let want = Tensor::run_backward(&[&auto], &[&k, &v, &beta], false, false);
+        let close = |a: &Tensor, b: &Tensor| {
+            let scale = b.abs().max().double_value(&[]).max(1e-12);
+            (a - b).abs().max().double_value(&[]) / scale
+        };
+        assert!(close(&loss, &auto.detach()) < 1e-6);
+        for (name, got, want) in [("k", &grads[0], &want[0]), ("v", &grads[1], &want[1])] {
+            assert!(close(got, want) < 1e-5, "d{name}: {}", close(got, want));
+        }
+        assert!(
+            close(&grads[2], &want[2]) < 1e-5,
+            "dβ: {}",
+            close(&grads[2], &want[2])
+        );
+        assert_eq!(
+            grads[2].double_value(&[0, 0, 2]),
+            0.0,
+            "a hidden slot gets no gradient"
+        );
     }
 }
