@@ -293,7 +293,7 @@ impl Attention {
             let (y, probs) = self.explicit_attention(&q, layer, mask.as_ref(), past, scale);
             caught.attention = Some(probs);
             y
-        } else if layer_bias.is_none() && splits_cached_attention(&q, past) {
+        } else if layer_bias.is_none() && splits_cached_attention(&q, layer, past) {
             self.split_cached_attention(&q, layer, past, scale)
         } else {
             let mask = self.additive_mask(layer, b, t, past, layer_bias, q.kind())?;
@@ -377,16 +377,22 @@ impl Attention {
     }
 }
 
-/// Whether new queries `q` `[b, heads, t, d]` after `past` cached slots take
-/// [`split_cached_attention`](Attention::split_cached_attention): several new tokens
-/// after a cache, on the CPU, in a floating dtype that the CPU flash kernel takes, and with no
-/// gradient to record (training keeps the single fused call and its well-trodden backward).
-fn splits_cached_attention(q: &Tensor, past: i64) -> bool {
+/// Whether new queries `q` `[b, heads, t, d]` after `past` cached slots of `layer` take
+/// [`split_cached_attention`](Attention::split_cached_attention): several new tokens after a
+/// cache, on the CPU, in a floating dtype that the CPU flash kernel takes, and with no gradient
+/// to record, neither through the queries nor through the cache (the kernel's backward gives
+/// no gradient to its mask, which holds the bias β that `kv_fit`'s `next_token_kl` fits;
+/// training keeps the single fused call).
+fn splits_cached_attention(q: &Tensor, layer: &LayerCache, past: i64) -> bool {
+    let no_grad = |x: &Tensor| !x.requires_grad();
     q.size()[2] > 1
         && past > 0
         && q.device() == tch::Device::Cpu
         && matches!(q.kind(), Kind::Float | Kind::BFloat16 | Kind::Half)
-        && !q.requires_grad()
+        && no_grad(q)
+        && no_grad(&layer.k)
+        && no_grad(&layer.v)
+        && layer.bias.as_ref().is_none_or(no_grad)
 }
 
 /// The cache's own additive mask over slots `from..from + n`: `[b, kv_heads, n]` in `kind`,

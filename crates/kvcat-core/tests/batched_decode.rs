@@ -151,6 +151,39 @@ fn several_new_tokens_over_a_cache_equal_the_general_path() {
 }
 
 #[test]
+fn a_bias_being_fitted_gets_its_gradient_through_several_new_tokens() {
+    // Frozen weights, as when `kv_fit` fits a cache: only the cache carries gradient.
+    let mut model = tiny();
+    model.vs.freeze();
+    let tokens = ids(6, 16);
+    let mut cache = tch::no_grad(|| compressed(&model, 24, 17));
+    let bias = cache.layers[0].bias.take().unwrap().set_requires_grad(true);
+    let grad_via = |capture_attention: bool| {
+        let mut c = cache.copy();
+        c.layers[0].bias = Some(bias.shallow_clone());
+        let opts = ForwardOptions {
+            capture_attention,
+            logits: Logits::All,
+            ..Default::default()
+        };
+        let logits = model
+            .forward_with(&tokens, &mut c, &opts)
+            .unwrap()
+            .logits
+            .unwrap();
+        let loss = logits
+            .log_softmax(-1, Kind::Float)
+            .select(2, 3)
+            .sum(Kind::Float);
+        Tensor::run_backward(&[&loss], &[&bias], false, false).remove(0)
+    };
+    let (fast, general) = (grad_via(false), grad_via(true));
+    assert!(fast.abs().sum(Kind::Float).double_value(&[]) > 0.0);
+    let diff = (&fast - &general).abs().max().double_value(&[]);
+    assert!(diff < 1e-5, "{diff}");
+}
+
+#[test]
 fn stack_pads_with_hidden_slots_and_counts_held_bytes() {
     let model = tiny();
     let a = model.prefill(&ids(10, 1)).unwrap();
