@@ -151,6 +151,19 @@ fn several_new_tokens_over_a_cache_equal_the_general_path() {
 }
 
 #[test]
+fn several_new_tokens_over_a_cache_in_bf16_stay_close_to_the_general_path() {
+    let _g = tch::no_grad_guard();
+    let mut model = tiny();
+    model.vs.bfloat16();
+    let cache = compressed(&model, 24, 18);
+    let (fast, general) = default_and_explicit(&model, &cache, &ids(6, 19));
+    assert_eq!(fast.kind(), Kind::BFloat16);
+    let diff = (&fast - &general).abs().max().double_value(&[]);
+    let scale = general.abs().max().double_value(&[]);
+    assert!(diff < 0.02 * scale, "{diff} of {scale}");
+}
+
+#[test]
 fn a_bias_being_fitted_gets_its_gradient_through_several_new_tokens() {
     // Frozen weights, as when `kv_fit` fits a cache: only the cache carries gradient.
     let mut model = tiny();
