@@ -68,15 +68,14 @@ impl AdamW {
     /// down to norm `max`. Returns the norm before clipping.
     pub fn clip_grad_norm(&mut self, max: f64) -> f64 {
         let _g = tch::no_grad_guard();
-        let mut sq = 0.0;
+        let mut sq = 0.0f64;
         for s in &self.slots {
             let g = s.param.grad();
             if g.defined() {
-                sq += g
-                    .to_kind(Kind::Double)
-                    .pow_tensor_scalar(2)
-                    .sum(Kind::Double)
-                    .double_value(&[]);
+                // squared in place: one f64 copy of the gradient, not two (same bits); a
+                // copy even when the gradient is f64 already, which must not be squared
+                let mut g64 = g.to_dtype(Kind::Double, false, true);
+                sq += g64.pow_(2).sum(Kind::Double).double_value(&[]);
             }
         }
         let norm = sq.sqrt();
@@ -214,6 +213,44 @@ mod tests {
             let update = (&m / bc1) / ((&v / bc2).sqrt() + cfg.eps);
             w = &w * (1.0 - lr * cfg.weight_decay) + update * (-lr);
             assert!(param.equal(&w), "step {step} differs");
+        }
+    }
+
+    /// The clip's norm is the textbook `√Σ g²` in f64, bit for bit, and it scales the
+    /// gradients by `max / (norm + 1e-6)`.
+    #[test]
+    fn clip_norm_equals_the_textbook_arithmetic_bit_for_bit() {
+        tch::manual_seed(4);
+        let cfg = OptimConfig::default();
+        let opts = (Kind::Float, tch::Device::Cpu);
+        let params = [Tensor::randn([9, 4], opts), Tensor::randn([6], opts)]
+            .map(|p| p.set_requires_grad(true));
+        let named = params.iter().enumerate();
+        let mut opt = AdamW::new(
+            named
+                .map(|(i, p)| (format!("p{i}"), p.shallow_clone()))
+                .collect(),
+            &cfg,
+        );
+        let loss = params.iter().map(|p| (p * p).sum(Kind::Float) * 3.0);
+        let loss = loss.reduce(|a, b| a + b).unwrap();
+        loss.backward();
+        let grads: Vec<Tensor> = params.iter().map(|p| p.grad().copy()).collect();
+        let want: f64 = grads
+            .iter()
+            .map(|g| {
+                g.to_kind(Kind::Double)
+                    .pow_tensor_scalar(2)
+                    .sum(Kind::Double)
+                    .double_value(&[])
+            })
+            .sum::<f64>()
+            .sqrt();
+        let norm = opt.clip_grad_norm(1.0);
+        assert_eq!(norm.to_bits(), want.to_bits());
+        let scale = 1.0 / (want + 1e-6);
+        for (p, g) in params.iter().zip(&grads) {
+            assert!(p.grad().equal(&(g * scale)));
         }
     }
 }
