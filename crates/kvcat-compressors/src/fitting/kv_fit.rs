@@ -182,16 +182,16 @@ impl KvFit {
         };
         let _g = tch::no_grad_guard();
         let mut losses = minimise_with_grads(&params, p.lr, rule, "kv_fit", || {
-            let (loss, _, grads) = target.loss_and_grads(&k, &v, &beta);
+            let (loss, grads) = target.loss_and_grads(&k, &v, &beta);
             let picked = grads
                 .into_iter()
                 .zip(which)
                 .filter_map(|(g, on)| on.then_some(g));
             Ok((loss, picked.collect()))
         })?;
-        let (loss, out_term, _) = target.loss_and_grads(&k, &v, &beta);
-        losses.push(loss.double_value(&[]));
-        let rel = out_term.double_value(&[]).sqrt();
+        let last = target.forward(&k, &v, &beta);
+        losses.push(last.loss.double_value(&[]));
+        let rel = last.out_term.double_value(&[]).sqrt();
         let kind = orig.k.kind();
         let layer = LayerCache {
             k: k.to_kind(kind),
@@ -230,6 +230,17 @@ struct OutputMse {
     mass_weight: f64,
 }
 
+/// One evaluation of [`OutputMse`]: probabilities `[b, h, n, t]`, outputs and their residual
+/// `[b, h, n, d]`, the log-mass gap `[b, h, n]`, the loss and its output term.
+struct OutputMsePass {
+    probs: Tensor,
+    out: Tensor,
+    resid: Tensor,
+    gap: Tensor,
+    loss: Tensor,
+    out_term: Tensor,
+}
+
 impl OutputMse {
     fn new(orig: &LayerCache, init: &LayerCache, refs: &Tensor, mass_weight: f64) -> Self {
         let _g = tch::no_grad_guard();
@@ -251,13 +262,8 @@ impl OutputMse {
         }
     }
 
-    /// The loss, its output term, and the gradients for `[k, v, beta]`.
-    fn loss_and_grads(
-        &self,
-        k: &Tensor,
-        v: &Tensor,
-        beta: &Tensor,
-    ) -> (Tensor, Tensor, Vec<Tensor>) {
+    /// The loss and its output term for `k`, `v`, `beta`, with what the gradient reuses.
+    fn forward(&self, k: &Tensor, v: &Tensor, beta: &Tensor) -> OutputMsePass {
         let f = Kind::Float;
         let off = match &self.hidden {
             Some(m) => beta + m,
@@ -265,19 +271,34 @@ impl OutputMse {
         };
         let (lse, probs) = attention_probs(&self.q, k, Some(&off)); // probs [b, h, n, t]
         let out = probs.matmul(v);
-        let scale = 1.0 / (k.size()[3] as f64).sqrt();
         let resid = &out - &self.out0;
         let gap = &lse - &self.lse0;
         let out_term = resid.pow_tensor_scalar(2).mean(f) / &self.out_norm;
         let loss = &out_term + gap.pow_tensor_scalar(2).mean(f) * self.mass_weight;
-        let g_out = resid * (&self.out_norm * self.out0.numel() as f64).reciprocal() * 2.0;
-        let g_lse = gap * (2.0 * self.mass_weight / lse.numel() as f64);
-        let c = (&g_out * &out).sum_dim_intlist(&[-1i64][..], false, f);
+        OutputMsePass {
+            probs,
+            out,
+            resid,
+            gap,
+            loss,
+            out_term,
+        }
+    }
+
+    /// The loss and the gradients for `[k, v, beta]`.
+    fn loss_and_grads(&self, k: &Tensor, v: &Tensor, beta: &Tensor) -> (Tensor, Vec<Tensor>) {
+        let f = Kind::Float;
+        let pass = self.forward(k, v, beta);
+        let scale = 1.0 / (k.size()[3] as f64).sqrt();
+        let g_out = &pass.resid * (&self.out_norm * self.out0.numel() as f64).reciprocal() * 2.0;
+        let g_lse = &pass.gap * (2.0 * self.mass_weight / pass.gap.numel() as f64);
+        let c = (&g_out * &pass.out).sum_dim_intlist(&[-1i64][..], false, f);
+        let probs = &pass.probs;
         let dv = probs.transpose(-2, -1).matmul(&g_out);
-        let dlogits = (g_out.matmul(&v.transpose(-2, -1)) + (g_lse - c).unsqueeze(-1)) * &probs;
+        let dlogits = (g_out.matmul(&v.transpose(-2, -1)) + (g_lse - c).unsqueeze(-1)) * probs;
         let dk = dlogits.transpose(-2, -1).matmul(&self.q) * scale;
         let dbeta = dlogits.sum_dim_intlist(&[2i64][..], false, f);
-        (loss, out_term, vec![dk, dv, dbeta])
+        (pass.loss, vec![dk, dv, dbeta])
     }
 }
 
@@ -483,7 +504,7 @@ mod tests {
         let k = init.k.copy().set_requires_grad(true);
         let v = init.v.copy().set_requires_grad(true);
         let beta = (Tensor::randn([b, h, t], opts) * 0.1).set_requires_grad(true);
-        let (loss, _, grads) = tch::no_grad(|| target.loss_and_grads(&k, &v, &beta));
+        let (loss, grads) = tch::no_grad(|| target.loss_and_grads(&k, &v, &beta));
         // The same loss through autograd.
         let off = &beta + target.hidden.as_ref().unwrap();
         let (lse, out) = attend(&target.q, &k, &v, Some(&off));
