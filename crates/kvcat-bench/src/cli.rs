@@ -45,8 +45,10 @@ pub enum Command {
 /// Parses the process arguments, runs the command, prints errors without a backtrace.
 /// Plugin crates call this from their own `main` after `use my_plugin as _;`.
 pub fn main_entry() -> ExitCode {
+    let allocator = crate::process_allocator::keep_freed_memory();
     let cli = Cli::parse();
     init_logging(cli.verbose);
+    tracing::debug!(allocator = allocator.name(), "C allocator policy");
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -12,6 +12,7 @@ pub mod commands;
 pub mod evaluate;
 pub mod metrics;
 pub mod perf;
+pub mod process_allocator;
 pub mod report;
 pub mod results;
 pub mod runner;

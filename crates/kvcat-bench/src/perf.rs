@@ -49,6 +49,9 @@ pub struct PerfReport {
     pub device: String,
     pub dtype: String,
     pub threads: i64,
+    /// The C allocator policy of the process (`crate::process_allocator`): `keep-freed` or
+    /// `system`.
+    pub allocator: String,
     pub warmup: usize,
     pub repeats: usize,
     /// Prompt tokens per second of a prefill (cache filled, last-position logits).
@@ -297,6 +300,7 @@ pub fn measure(model: &Model, plan: &PerfPlan) -> Result<PerfReport> {
         device: kvcat_core::device::device_name(model.device()),
         dtype: kvcat_core::device::dtype_name(model.kind()).to_string(),
         threads: tch::get_num_threads() as i64,
+        allocator: crate::process_allocator::in_force().name().to_string(),
         warmup: plan.warmup,
         repeats: plan.repeats,
         decode_context: plan.decode_context,

@@ -168,8 +168,8 @@ fn plan(a: &PerfArgs) -> anyhow::Result<PerfPlan> {
 /// A plain-text table of the report.
 pub fn render(r: &PerfReport) -> String {
     let mut s = format!(
-        "model {} on {} ({}, {} threads), median of {} after {} warm-up\n",
-        r.model, r.device, r.dtype, r.threads, r.repeats, r.warmup
+        "model {} on {} ({}, {} threads, {} allocator), median of {} after {} warm-up\n",
+        r.model, r.device, r.dtype, r.threads, r.allocator, r.repeats, r.warmup
     );
     for (len, v) in &r.prefill_tok_s {
         s += &format!("prefill   {len:>8} tokens        {v:>12.1} tok/s\n");
