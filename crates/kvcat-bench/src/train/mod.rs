@@ -6,13 +6,14 @@
 //!   packed token streams, synthetic retrieval sequences;
 //! - [`schedule`]: learning rate, budget and split sampling, per-step generators;
 //! - [`loss`]: masked NTP + distillation + full NTP;
-//! - [`optim`]: AdamW with saveable state;
+//! - [`optim`]: AdamW with saveable state, [`cpu_loops`]: its one-pass CPU loops;
 //! - [`checkpoint`]: HF-style checkpoint directories with training state;
 //! - [`trainer`]: the loop, [`train`].
 
 pub mod checkpoint;
 pub mod config;
 pub mod corpus;
+pub mod cpu_loops;
 pub mod data;
 pub mod loss;
 pub mod optim;
