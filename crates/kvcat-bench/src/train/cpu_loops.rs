@@ -119,7 +119,8 @@ pub struct AdamWScalars {
 }
 
 /// One parameter's tensors for [`adamw_update`]: weight `w`, moments `m`, `v` and gradient `g`,
-/// contiguous f32 CPU tensors of one size in four distinct storages.
+/// contiguous f32 CPU tensors of one size in four distinct storages (and no two parameters of
+/// a group share a weight).
 pub struct AdamWTensors {
     pub w: Tensor,
     pub m: Tensor,
@@ -157,6 +158,12 @@ pub fn adamw_update(group: &[AdamWTensors], k: &AdamWScalars, scratch: &mut Tens
         );
     }
     let group: Vec<&AdamWTensors> = group.iter().filter(|p| p.w.numel() > 0).collect();
+    let weights: std::collections::HashSet<usize> =
+        group.iter().map(|p| p.w.data_ptr() as usize).collect();
+    assert!(
+        weights.len() == group.len(),
+        "adamw_update's parameters must not share storage"
+    );
     let lens: Vec<usize> = group.iter().map(|p| p.w.numel()).collect();
     let offsets: Vec<usize> = lens
         .iter()

@@ -127,9 +127,6 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            // The same arithmetic as `m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²;
-            // w −= lr·(m/bc₁)/(√(v/bc₂) + ε)`, with the temporaries updated in place: four
-            // allocations per parameter instead of nine, bit for bit the same result.
             if s.master.is_none() && cpu_loops::cpu_f32(&g) && cpu_loops::cpu_f32(&s.param) {
                 on_cpu.push(cpu_loops::AdamWTensors {
                     w: s.param.shallow_clone(),
@@ -140,6 +137,9 @@ impl AdamW {
                 });
                 continue;
             }
+            // The same arithmetic as `m = β₁m + (1−β₁)g; v = β₂v + (1−β₂)g²;
+            // w −= lr·(m/bc₁)/(√(v/bc₂) + ε)`, with the temporaries updated in place: four
+            // allocations per parameter instead of nine, bit for bit the same result.
             let g = g.to_kind(Kind::Float);
             let _ = s.m.g_mul_scalar_(c.beta1);
             let _ = s.m.g_add_(&(&g * (1.0 - c.beta1)));
