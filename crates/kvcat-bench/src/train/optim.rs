@@ -290,6 +290,68 @@ mod tests {
         }
     }
 
+    /// A bf16 parameter (as on CUDA) steps through its f32 master copy with the tensor ops
+    /// while an f32 parameter of the same optimiser takes the CPU loops: both follow the
+    /// textbook arithmetic bit for bit, and the clip's norm counts both kinds of gradient.
+    #[test]
+    fn bf16_masters_and_f32_loops_step_side_by_side() {
+        tch::manual_seed(5);
+        let cfg = OptimConfig::default();
+        let cpu = tch::Device::Cpu;
+        let a0 = Tensor::randn([7, 5], (Kind::Float, cpu));
+        let b0 = Tensor::randn([4, 6], (Kind::Float, cpu)).to_kind(Kind::BFloat16);
+        let a = a0.copy().set_requires_grad(true);
+        let b = b0.copy().set_requires_grad(true);
+        let named = vec![
+            ("a".into(), a.shallow_clone()),
+            ("b".into(), b.shallow_clone()),
+        ];
+        let mut opt = AdamW::new(named, &cfg);
+        let mut want_a = (a0.copy(), a0.zeros_like(), a0.zeros_like());
+        let master = b0.to_kind(Kind::Float);
+        let mut want_b = (master.copy(), master.zeros_like(), master.zeros_like());
+        let textbook = |(w, m, v): &mut (Tensor, Tensor, Tensor), g: &Tensor, lr: f64, t: i32| {
+            let bc1 = 1.0 - cfg.beta1.powi(t);
+            let bc2 = 1.0 - cfg.beta2.powi(t);
+            *m = &*m * cfg.beta1 + g * (1.0 - cfg.beta1);
+            *v = &*v * cfg.beta2 + g.pow_tensor_scalar(2) * (1.0 - cfg.beta2);
+            let update = (&*m / bc1) / ((&*v / bc2).sqrt() + cfg.eps);
+            *w = &*w * (1.0 - lr * cfg.weight_decay) + update * (-lr);
+        };
+        for step in 1..=3 {
+            let ga = Tensor::randn([7, 5], (Kind::Float, cpu));
+            let gb = Tensor::randn([4, 6], (Kind::Float, cpu)).to_kind(Kind::BFloat16);
+            opt.zero_grad();
+            let loss = (&a * &ga).sum(Kind::Float) + (&b * &gb).sum(Kind::Float);
+            loss.backward();
+            let _g = tch::no_grad_guard();
+            let want_norm = [&ga, &gb]
+                .map(|g| {
+                    g.to_kind(Kind::Double)
+                        .square()
+                        .sum(Kind::Double)
+                        .double_value(&[])
+                })
+                .iter()
+                .sum::<f64>()
+                .sqrt();
+            let norm = opt.clip_grad_norm(0.0); // 0: measure only
+            assert!(
+                (norm - want_norm).abs() <= 1e-14 * want_norm,
+                "{norm} vs {want_norm}"
+            );
+            let lr = 1e-2 / step as f64;
+            opt.step(lr);
+            textbook(&mut want_a, &ga, lr, step);
+            textbook(&mut want_b, &gb.to_kind(Kind::Float), lr, step);
+            assert!(a.equal(&want_a.0), "f32 parameter, step {step}");
+            assert!(
+                b.equal(&want_b.0.to_kind(Kind::BFloat16)),
+                "bf16 parameter, step {step}"
+            );
+        }
+    }
+
     /// The clip's norm is the textbook `√Σ g²` in f64 (to the last bits: the sum runs in
     /// another order), and it scales the gradients by `max / (norm + 1e-6)`.
     #[test]
